@@ -1,0 +1,176 @@
+"""The HTTP layer of the API: one quart-trio app that turns requests into route calls, SwarmUI-style.
+
+Theory of operation
+-------------------
+Every request, whatever its method or path, ends in a JSON answer with `Cache-Control: no-store`:
+
+1. `before_request` reads the whole body (capped at MAX_BODY bytes). A handler that answers without
+   reading the body can hang the next request on a keep-alive connection, so nothing answers before this.
+2. The catch-all view checks, in SwarmUI's order: POST only; `Content-Type: application/json`; the body
+   parses as a JSON object; the route exists (`/API/<name>`, name case-insensitive); the caller's role
+   holds the route's flag; the declared parameters coerce. Then the handler runs.
+3. Outcomes: a result object -> 200; `ApiError`/`FleetError` -> 200 `{"error": ...}` (SwarmUI's handler
+   errors); transport errors -> 4xx `{"error_id", "error"}`; anything unexpected -> logged, 400
+   `{"error_id": "internal_error"}` -- never a non-JSON 500.
+
+The caller's identity comes from the connection (server.py puts SO_PEERCRED into the ASGI scope's
+`state`); a request without it is treated as having no permissions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from swarmd.api import access
+from swarmd.api.params import ApiError, coerce_params
+from swarmd.api.routes import ROUTES, ApiContext, Caller, DaemonStatusHook, GpuInfoHook
+from swarmd.fleet import FleetError
+
+if TYPE_CHECKING:
+    from swarmd.fleet import Fleet
+
+log = logging.getLogger("swarmd.api")
+
+#: Request bodies larger than this are refused (413, JSON): the largest real call is an EditBackend.
+MAX_BODY = 1024 * 1024
+#: How long a client may take to send its body.
+BODY_TIMEOUT = 30
+#: The key under which server.py puts the PeerCred (or None) into the ASGI scope's connection state.
+PEER_STATE_KEY = "swarmd.peer"
+#: The key under which the AccessConfig lives in app.config.
+ACCESS_CONFIG_KEY = "SWARMD_ACCESS"
+
+API_PREFIX = "/API/"
+
+INTERNAL_ERROR = ApiError("An internal error occurred", error_id="internal_error", status=400)
+WRONG_CONTENT_TYPE = ApiError("Wrong content type", error_id="basic_api", status=400)
+BAD_ROUTE = ApiError("Unknown API route", error_id="bad_route", status=400)
+BAD_PERMISSIONS = ApiError("You lack permissions for this route.", error_id="bad_permissions", status=400)
+
+
+def create_app(
+    fleet: Fleet,
+    *,
+    access_config: access.AccessConfig | None = None,
+    daemon_status: DaemonStatusHook | None = None,
+    gpu_info: GpuInfoHook | None = None,
+) -> QuartTrio:
+    """Build the API app for `fleet`. `gpu_info` is the hook that fills GetServerResourceInfo's "gpus";
+    `daemon_status` adds fields to GetDaemonStatus. Owns nothing but the app object; never raises."""
+    app = QuartTrio("swarmd.api")
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY,
+        BODY_TIMEOUT=BODY_TIMEOUT,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    app.config[ACCESS_CONFIG_KEY] = access_config or access.AccessConfig()
+    context = ApiContext(fleet=fleet, daemon_status=daemon_status, gpu_info=gpu_info)
+    app.extensions["swarmd"] = context
+
+    @app.before_request
+    async def read_body() -> None:
+        # Read it all now (see the module docstring). Too large / too slow raise HTTP errors handled below.
+        await request.get_data(cache=True)
+
+    async def dispatch(path: str = "") -> Response:
+        try:
+            result = await _call(context, app.config[ACCESS_CONFIG_KEY])
+        except ApiError as err:
+            return json_response(err.body(), err.status)
+        except FleetError as err:
+            return json_response({"error": str(err)}, 200)
+        except HTTPException:
+            raise
+        except Exception:
+            log.exception("API call %s failed", request.path)
+            return json_response(INTERNAL_ERROR.body(), INTERNAL_ERROR.status)
+        return json_response(result, 200)
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    app.add_url_rule("/", "root", dispatch, methods=methods)
+    app.add_url_rule("/<path:path>", "any", dispatch, methods=methods)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(err: HTTPException) -> Response:
+        code = err.code or 400
+        if code == 413:
+            body = {"error_id": "basic_api", "error": f"Request body too large (at most {MAX_BODY} bytes)"}
+        elif code == 408:
+            body = {"error_id": "basic_api", "error": "Request body not received in time"}
+        elif code == 404:
+            body = {"error_id": "not_found", "error": "Not found: swarmd serves POST /API/<route>"}
+        elif code == 405:
+            body = {"error_id": "basic_api", "error": "API calls are POST requests"}
+        else:
+            body, code = INTERNAL_ERROR.body(), INTERNAL_ERROR.status
+        return json_response(body, code)
+
+    @app.errorhandler(Exception)
+    async def any_error(err: Exception) -> Response:
+        log.error("API request %s failed", request.path, exc_info=err)
+        return json_response(INTERNAL_ERROR.body(), INTERNAL_ERROR.status)
+
+    return app
+
+
+async def _call(context: ApiContext, access_config: access.AccessConfig) -> dict[str, Any]:
+    """Validate the current request in SwarmUI's order and run its route. Raises ApiError / FleetError."""
+    if not request.path.startswith(API_PREFIX):
+        raise ApiError("Not found: swarmd serves POST /API/<route>", error_id="not_found", status=404)
+    if request.method != "POST":
+        # SwarmUI redirects a GET to an error page; a JSON error is more useful to a script.
+        raise ApiError(f"API calls are POST requests with a JSON body (got {request.method})",
+                       error_id="basic_api", status=400)
+    if request.mimetype != "application/json":
+        raise WRONG_CONTENT_TYPE
+    raw = await request.get_data(cache=True)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise INTERNAL_ERROR from None
+    if not isinstance(body, dict):
+        raise INTERNAL_ERROR
+    name = request.path[len(API_PREFIX):]
+    api_route = ROUTES.get(name.lower())
+    if api_route is None or "/" in name:
+        raise BAD_ROUTE
+    caller = current_caller(access_config)
+    if not access.has_flag(caller.role, api_route.flag):
+        raise BAD_PERMISSIONS
+    values = coerce_params(api_route.params, body)
+    result = await api_route.handler(context, caller, body, **values)
+    if result is None:  # pragma: no cover - every handler returns an object
+        raise ApiError("No result", error_id="no_result", status=400)
+    return result
+
+
+def current_caller(access_config: access.AccessConfig) -> Caller:
+    """The caller of the current request: its peer credentials from the connection state and its role."""
+    state = request.scope.get("state")
+    peer = state.get(PEER_STATE_KEY) if isinstance(state, Mapping) else None
+    if not isinstance(peer, access.PeerCred):
+        return Caller(peer=None, role=None)  # fail closed: no credentials, no permissions
+    return Caller(peer=peer, role=access_config.role_for(peer.uid, peer.gid, peer.groups))
+
+
+def json_response(body: Mapping[str, Any], status: int) -> Response:
+    text = json.dumps(body, ensure_ascii=False, allow_nan=False, default=_json_default)
+    response = Response(text, status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _json_default(value: Any) -> Any:
+    # ruamel's commented containers and scalar strings, tuples and the like: plain JSON equivalents.
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return list(value)
+    return str(value)

@@ -1,0 +1,353 @@
+"""The API routes: SwarmUI's eight backend routes, its session/log/resource routes, and swarmd's status.
+
+Each route is a `Route`: a name, the permission flag it needs, its declared parameters (coerced by
+`params.coerce_params` before the handler runs) and an async handler returning the answer object. Handlers
+raise `ApiError` for SwarmUI's handler errors; the Fleet's `FleetError` is turned into the same answer by
+the app. Mutations go through the Fleet, which writes the backends file before it returns, so an answer
+that acknowledges a change is only sent once the change is on disk.
+
+Route names are matched case-insensitively (`ROUTES` is keyed by the lowercased name).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+import swarmd
+from swarmd.api import access
+from swarmd.api.params import ApiError, Param, invalid
+from swarmd.api.resources import CpuSampler, cpu_cores, read_meminfo
+from swarmd.settings import api_text, parse_decimal, parse_int
+
+if TYPE_CHECKING:
+    from swarmd.fleet import Backend, Fleet
+
+#: An async callable giving the GPU section of GetServerResourceInfo ({"0": {...}, ...}) or None when
+#: there is no GPU information; the GPU module provides it (see create_app's `gpu_info`).
+GpuInfoHook = Callable[[], Awaitable[Mapping[str, Any] | None]]
+#: A callable giving extra fields for GetDaemonStatus (later issues: reload state, uptime, ...).
+DaemonStatusHook = Callable[[], Mapping[str, Any]]
+
+#: The longest a ListRecentLogMessages long poll (`wait_seconds`, a swarmd extension) may wait.
+MAX_LOG_WAIT = 30.0
+LOG_PREFIX = "backend-"
+_LONG_RE = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+_LOG_COLORS = ("#60a0ff", "#60d060", "#e0b040", "#d070d0", "#40c0c0", "#f08060")
+
+
+@dataclass
+class ApiContext:
+    """What the routes share for the life of the app: the Fleet and a few daemon-wide facts."""
+
+    fleet: Fleet
+    server_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    daemon_status: DaemonStatusHook | None = None
+    gpu_info: GpuInfoHook | None = None
+    cpu: CpuSampler = field(default_factory=CpuSampler)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the peer credentials (None when unreadable) and the role they map to."""
+
+    peer: access.PeerCred | None
+    role: str | None
+
+
+Handler = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    handler: Handler
+    params: tuple[Param, ...] = ()
+    flag: str | None = None
+
+
+ROUTES: dict[str, Route] = {}
+
+
+def route(name: str, *params: Param, flag: str | None) -> Callable[[Handler], Handler]:
+    """Register a handler `async (ctx, caller, body, **params) -> dict` under `name`."""
+
+    def register(handler: Handler) -> Handler:
+        ROUTES[name.lower()] = Route(name, handler, tuple(params), flag)
+        return handler
+
+    return register
+
+
+async def _shielded(work: Awaitable[Any]) -> Any:
+    """Run a Fleet mutation to its end even if the client goes away: once the Fleet starts writing the
+    file, stopping half-way would leave the file and the running processes disagreeing."""
+    with trio.CancelScope(shield=True):
+        return await work
+
+
+# -- the backend routes (BackendAPI.md) --------------------------------------------------------------
+
+
+@route("ListBackendTypes", flag="view_backends_list")
+async def list_backend_types(ctx: ApiContext, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+    return {"list": [backend_type.to_api() for backend_type in ctx.fleet.types.values()]}
+
+
+@route(
+    "ListBackends",
+    Param("nonreal", "Boolean", False),
+    Param("full_data", "Boolean", False),
+    flag="view_backends_list",
+)
+async def list_backends(
+    ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, nonreal: bool, full_data: bool
+) -> dict[str, Any]:
+    # Ascending id; negative ids would be SwarmUI's "nonreal" backends (swarmd has none today).
+    return {
+        str(backend.id): backend.to_api(full_data=full_data)
+        for backend in ctx.fleet.backends()
+        if nonreal or backend.id >= 0
+    }
+
+
+@route(
+    "AddNewBackend",
+    Param("type_id", "String"),
+    # swarmd extensions, so `swarmctl add` is one atomic change: SwarmUI clients never send them.
+    Param("title", "String", None),
+    Param("settings", "JObject", None),
+    flag="add_remove_backends",
+)
+async def add_new_backend(
+    ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, type_id: str, title: str | None,
+    settings: dict[str, Any] | None,
+) -> dict[str, Any]:
+    backend = await _shielded(ctx.fleet.add(type_id, title=title, settings=settings))
+    return backend.to_api()
+
+
+@route(
+    "EditBackend",
+    Param("backend_id", "Int32"),
+    Param("title", "String"),
+    Param("new_id", "Int32", -1),
+    flag="edit_backends",
+)
+async def edit_backend(
+    ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, backend_id: int, title: str, new_id: int
+) -> dict[str, Any]:
+    # SwarmUI's web UI sends the settings as `settings`; BackendAPI.md calls the object `raw_inp`. The first
+    # of the two that is present decides, and it must be an object.
+    settings: Any = None
+    for key in ("settings", "raw_inp"):
+        if key in body:
+            settings = body[key]
+            break
+    if not isinstance(settings, Mapping):
+        raise ApiError("Missing settings.")
+    if new_id == backend_id:
+        new_id = -1
+    backend = await _shielded(ctx.fleet.edit(backend_id, title=title, settings=dict(settings), new_id=new_id))
+    return backend.to_api()
+
+
+@route("DeleteBackend", Param("backend_id", "Int32"), flag="add_remove_backends")
+async def delete_backend(ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, backend_id: int) -> dict[str, Any]:
+    deleted = await _shielded(ctx.fleet.delete(backend_id))
+    return {"result": "Deleted." if deleted else "Already didn't exist."}
+
+
+@route("ToggleBackend", Param("backend_id", "Int32"), Param("enabled", "Boolean"), flag="toggle_backends")
+async def toggle_backend(
+    ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, backend_id: int, enabled: bool
+) -> dict[str, Any]:
+    changed = await _shielded(ctx.fleet.toggle(backend_id, enabled))
+    return {"result": "Success." if changed else "No change."}
+
+
+@route("RestartBackends", Param("backend", "String", "all"), flag="restart_backends")
+async def restart_backends(ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, backend: str) -> dict[str, Any]:
+    count = await ctx.fleet.restart(backend)
+    return {"result": "Success.", "count": count}
+
+
+@route(
+    "FreeBackendMemory",
+    Param("system_ram", "Boolean", False),
+    Param("backend", "String", "all"),
+    flag="control_mem_clean",
+)
+async def free_backend_memory(
+    ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, system_ram: bool, backend: str
+) -> dict[str, Any]:
+    result, count = await ctx.fleet.free_memory(backend, system_ram=system_ram)
+    return {"result": bool(result), "count": count}
+
+
+# -- session, logs, resources ------------------------------------------------------------------------
+
+
+@route("GetNewSession", flag=None)
+async def get_new_session(ctx: ApiContext, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+    # Identity comes from the socket, not from sessions: the id is accepted back but never checked.
+    return {
+        "session_id": secrets.token_hex(20).upper(),
+        "user_id": access.user_label(caller.peer.uid) if caller.peer else "unknown",
+        "output_append_user": False,
+        "version": swarmd.__version__,
+        "server_id": ctx.server_id,
+        "permissions": access.permissions(caller.role),
+    }
+
+
+@route("ListLogTypes", flag="view_logs")
+async def list_log_types(ctx: ApiContext, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "types_available": [
+            {
+                "name": f"{backend.title} ({LOG_PREFIX}{backend.id})",
+                "color": _LOG_COLORS[backend.id % len(_LOG_COLORS)],
+                "identifier": f"{LOG_PREFIX}{backend.id}",
+            }
+            for backend in ctx.fleet.backends()
+        ]
+    }
+
+
+@route(
+    "ListRecentLogMessages",
+    Param("types", "JArray"),
+    flag="view_logs",
+)
+async def list_recent_log_messages(
+    ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, types: list[Any]
+) -> dict[str, Any]:
+    """{"types": ["backend-0"], "last_sequence_ids": {"backend-0": 12}, "wait_seconds": 10}
+
+    -> {"last_sequence_id": N, "data": {"backend-0": [{sequence_id, timestamp, message, stream}]}}.
+    Sequence ids are per log type. Unknown types are left out of `data`. `wait_seconds` (swarmd's extension,
+    at most 30) holds the answer until a requested log has a new line, for followers.
+    """
+    wanted = [api_text(item) for item in types]
+    after = _last_sequence_ids(body)
+    wait = _wait_seconds(body)
+    rings = {identifier: backend.ring for identifier, backend in _log_backends(ctx.fleet, wanted).items()}
+    if wait > 0 and rings and not any(ring.last_seq > after.get(name, 0) for name, ring in rings.items()):
+        await _wait_for_any(rings, after, wait)
+    data: dict[str, list[dict[str, Any]]] = {}
+    last = 0
+    for identifier, ring in rings.items():
+        data[identifier] = [
+            {"sequence_id": line.seq, "timestamp": _timestamp(line.time), "message": line.text, "stream": line.stream}
+            for line in ring.since(after.get(identifier, 0))
+        ]
+        last = max(last, ring.last_seq)
+    return {"last_sequence_id": last, "data": data}
+
+
+@route("GetServerResourceInfo", flag="read_server_info_panels")
+async def get_server_resource_info(ctx: ApiContext, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "cpu": {"usage": await ctx.cpu.usage(), "cores": cpu_cores()},
+        "system_ram": read_meminfo() or {"total": 0, "used": 0, "free": 0},
+    }
+    if ctx.gpu_info is not None:
+        gpus = await ctx.gpu_info()
+        if gpus:  # SwarmUI leaves "gpus" out when there are none
+            answer["gpus"] = dict(gpus)
+    return answer
+
+
+@route("GetDaemonStatus", flag="view_backends_list")
+async def get_daemon_status(ctx: ApiContext, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+    """swarmd's own route: the backends file, whether it is currently valid, and backends per status."""
+    fleet = ctx.fleet
+    answer: dict[str, Any] = {
+        "version": swarmd.__version__,
+        "backends_file": fleet.path,
+        "file_problem": fleet.file_problem or None,
+        "counts": dict(fleet.status_counts()),
+    }
+    if ctx.daemon_status is not None:
+        answer.update(ctx.daemon_status())
+    return answer
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+
+def _last_sequence_ids(body: Mapping[str, Any]) -> dict[str, int]:
+    raw = body.get("last_sequence_ids")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise invalid(api_text(raw), "last_sequence_ids", "JObject")
+    result: dict[str, int] = {}
+    for key, value in raw.items():
+        text = api_text(value)
+        number = _parse_long(text)
+        if number is None:
+            raise invalid(text, f"last_sequence_ids.{key}", "Int64")
+        result[str(key)] = number
+    return result
+
+
+def _parse_long(text: str) -> int | None:
+    """C#'s long.TryParse: like parse_int, for Int64."""
+    if not _LONG_RE.match(text):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
+
+
+def _wait_seconds(body: Mapping[str, Any]) -> float:
+    if "wait_seconds" not in body:
+        return 0.0
+    text = api_text(body["wait_seconds"])
+    value = parse_decimal(text)
+    if value is None or value < 0:
+        raise invalid(text, "wait_seconds", "Double")
+    return min(value, MAX_LOG_WAIT)
+
+
+def _log_backends(fleet: Fleet, identifiers: list[str]) -> dict[str, Backend]:
+    found: dict[str, Backend] = {}
+    for identifier in identifiers:
+        if not identifier.startswith(LOG_PREFIX):
+            continue
+        backend_id = parse_int(identifier[len(LOG_PREFIX):])
+        if backend_id is None or identifier != f"{LOG_PREFIX}{backend_id}":
+            continue
+        backend = fleet.get(backend_id)
+        if backend is not None:
+            found[identifier] = backend
+    return found
+
+
+async def _wait_for_any(rings: Mapping[str, Any], after: Mapping[str, int], timeout: float) -> None:
+    """Return when any ring has a line past its `after` mark, or after `timeout` seconds."""
+    with trio.move_on_after(timeout):
+        async with trio.open_nursery() as nursery:
+
+            async def wait_one(name: str, ring: Any) -> None:
+                await ring.wait_after(after.get(name, 0))
+                nursery.cancel_scope.cancel()
+
+            for name, ring in rings.items():
+                nursery.start_soon(wait_one, name, ring)
+
+
+def _timestamp(epoch: float) -> str:
+    """SwarmUI's "yyyy-MM-dd HH:mm:ss.fff", local time."""
+    local = time.localtime(epoch)
+    millis = int((epoch % 1) * 1000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", local) + f".{millis:03d}"
+
+

@@ -1,0 +1,214 @@
+"""What every backend type is: a settings schema plus how to launch, probe and free one backend.
+
+A type is a stateless object. The supervisor asks it, at each start, to turn the backend's settings into a
+`LaunchSpec` (argv, environment, readiness check, stop ladder); the Fleet asks it for the published schema
+and for defaults. Types never touch processes themselves.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarmd.settings import SettingError, SettingSpec
+
+
+class LaunchRefused(Exception):
+    """The settings cannot start a process (e.g. empty command): the backend settles `disabled`.
+
+    `str(err)` is the status message shown to the user.
+    """
+
+
+@dataclass(frozen=True)
+class RestartConfig:
+    """The restart-policy settings shared by every self-starting type (see supervise/policy.py)."""
+
+    restart: str = "on-failure"  # always | on-failure | never
+    restart_delay: float = 0.1
+    restart_delay_max: float = 30.0
+    start_limit_burst: int = 5
+    start_limit_interval: float = 60.0
+    stable_after: float = 10.0
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start one process of a backend, placeholders already filled in."""
+
+    argv: tuple[str, ...]
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to (and overriding) the daemon's env
+    unset_env: tuple[str, ...] = ()
+    port: int = 0
+    ready_check: str = "none"  # none | tcp | http://... | log:REGEX
+    ready_timeout: float = 60.0
+    stop_signal: int = signal.SIGTERM
+    stop_timeout: float = 10.0
+    free_memory: str = ""  # "" | http://... | signal:NAME
+
+
+class BackendType:
+    """Base class of backend types. Subclasses set the class attributes and override `launch`."""
+
+    id: str = ""
+    name: str = ""
+    description: str = ""
+    is_standard: bool = False
+    self_starting: bool = True
+    can_load_models: bool = True
+    features: tuple[str, ...] = ()
+    settings: tuple[SettingSpec, ...] = ()
+
+    def __init__(self) -> None:
+        self._by_name = {spec.name: spec for spec in self.settings}
+
+    def spec(self, name: str) -> SettingSpec | None:
+        return self._by_name.get(name)
+
+    def defaults(self) -> dict[str, Any]:
+        """Every setting at its default value, in declaration order."""
+        return {spec.name: spec.default for spec in self.settings}
+
+    def to_api(self) -> dict[str, Any]:
+        """The ListBackendTypes entry."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "settings": [spec.to_api() for spec in self.settings],
+            "is_standard": self.is_standard,
+        }
+
+    def max_usages(self, settings: dict[str, Any]) -> int:
+        return int(settings.get("max_usages", 1))
+
+    def requested_port(self, settings: dict[str, Any]) -> int:
+        """The fixed port to use, or 0 to pick a free one at each start."""
+        return int(settings.get("port", 0))
+
+    def restart_config(self, settings: dict[str, Any]) -> RestartConfig:
+        return RestartConfig(
+            restart=settings["restart"],
+            restart_delay=settings["restart_delay"],
+            restart_delay_max=settings["restart_delay_max"],
+            start_limit_burst=settings["start_limit_burst"],
+            start_limit_interval=settings["start_limit_interval"],
+            stable_after=settings["stable_after"],
+        )
+
+    def free_body(self, system_ram: bool) -> dict[str, Any]:
+        """The JSON body POSTed to an http:// free-memory hook."""
+        return {"system_ram": system_ram}
+
+    def launch(self, settings: dict[str, Any], port: int) -> LaunchSpec:
+        """Build the LaunchSpec for one start. Raises LaunchRefused when nothing can be started."""
+        raise NotImplementedError
+
+
+# -- validators shared by the types ----------------------------------------------------------------------
+
+
+def check_command(value: str) -> str:
+    """A command line split like a shell would; never run through a shell."""
+    try:
+        shlex.split(value)
+    except ValueError as err:
+        raise SettingError(f"cannot split command line: {err}") from None
+    return value
+
+
+def check_ready_check(value: str) -> str:
+    import re
+
+    text = value.strip()
+    if text in ("", "none"):
+        return "none"
+    if text == "tcp" or text.startswith(("http://", "https://")):
+        if text.startswith("https://"):
+            raise SettingError("https readiness checks are not supported: use http:// on loopback")
+        return text
+    if text.startswith("log:"):
+        try:
+            re.compile(text[4:])
+        except re.error as err:
+            raise SettingError(f"invalid regular expression after 'log:': {err}") from None
+        return text
+    raise SettingError(f"expected none, tcp, http://... or log:REGEX, got {value!r}")
+
+
+def check_signal(value: str) -> str:
+    return signal_name(value)
+
+
+def signal_name(value: str) -> str:
+    """Normalize 'term', 'SIGTERM', '15' to 'SIGTERM'. Raises SettingError for anything else."""
+    text = str(value).strip().upper()
+    if text.isdigit():
+        try:
+            return signal.Signals(int(text)).name
+        except ValueError:
+            raise SettingError(f"no signal number {text}") from None
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    if text not in signal.Signals.__members__:
+        raise SettingError(f"unknown signal {value!r} (e.g. SIGTERM, SIGINT, SIGUSR1)")
+    return text
+
+
+def check_env(value: str) -> str:
+    parse_env(value)
+    return value
+
+
+def parse_env(value: str) -> dict[str, str]:
+    """KEY=VALUE lines (blank lines and #comments skipped) -> dict. Raises SettingError naming the line."""
+    env: dict[str, str] = {}
+    for number, line in enumerate(value.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, sep, val = stripped.partition("=")
+        key = key.strip()
+        if not sep or not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            raise SettingError(f"line {number}: expected KEY=VALUE, got {stripped!r}")
+        env[key] = val
+    return env
+
+
+def check_free_memory(value: str) -> str:
+    text = value.strip()
+    if not text:
+        return ""
+    if text.startswith("http://"):
+        return text
+    if text.startswith("signal:"):
+        return "signal:" + signal_name(text[7:])
+    raise SettingError(f"expected empty, http://... or signal:NAME, got {value!r}")
+
+
+def restart_settings(*, ready_timeout: float, restart_default: str = "on-failure") -> tuple[SettingSpec, ...]:
+    """The restart/stop settings every self-starting type shares."""
+    return (
+        SettingSpec("restart", "dropdown", restart_default, "When to start the process again after it exits: "
+                    "always, on-failure (non-zero exit or killed by a signal), or never.",
+                    values=("always", "on-failure", "never")),
+        SettingSpec("restart_delay", "decimal", 0.1, "Seconds to wait before the first restart; each "
+                    "further failure doubles it.", minimum=0),
+        SettingSpec("restart_delay_max", "decimal", 30.0, "The longest wait between restarts, in seconds.",
+                    minimum=0),
+        SettingSpec("start_limit_burst", "integer", 5, "At most this many starts inside start_limit_interval;"
+                    " a failure that would need one more marks the backend errored.", minimum=1),
+        SettingSpec("start_limit_interval", "decimal", 60.0, "The window, in seconds, of start_limit_burst.",
+                    minimum=0),
+        SettingSpec("stable_after", "decimal", 10.0, "Seconds of being ready after which the restart delay and"
+                    " failure count are reset.", minimum=0),
+        SettingSpec("ready_timeout", "decimal", ready_timeout, "Seconds a start may take to become ready "
+                    "before it counts as failed (0 = no limit).", minimum=0),
+        SettingSpec("stop_signal", "text", "SIGTERM", "Signal sent to the process group to stop it.",
+                    check=check_signal),
+        SettingSpec("stop_timeout", "decimal", 10.0, "Seconds to wait after stop_signal before SIGKILL.",
+                    minimum=0),
+    )

@@ -1,0 +1,72 @@
+"""The `process` type: any long-running program, supervised."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from typing import Any
+
+from swarmd.settings import SettingSpec
+from swarmd.types.base import (
+    BackendType,
+    LaunchRefused,
+    LaunchSpec,
+    check_command,
+    check_env,
+    check_free_memory,
+    check_ready_check,
+    parse_env,
+    restart_settings,
+)
+
+
+def fill_port(text: str, port: int) -> str:
+    """Replace `{port}` (and only that placeholder) so other braces in a command stay as they are."""
+    return text.replace("{port}", str(port))
+
+
+class ProcessType(BackendType):
+    id = "process"
+    name = "Process"
+    description = "Any long-running program, started and supervised by swarmd."
+    is_standard = False
+    can_load_models = False
+    settings = (
+        SettingSpec("command", "text", "", "Command line, split like a shell would (never run through a "
+                    "shell). {port} is replaced by the backend's port.",
+                    placeholder="python3 -m http.server --bind 127.0.0.1 {port}", check=check_command),
+        SettingSpec("cwd", "text", "", "Working directory (empty: the daemon's).", placeholder="/srv/app"),
+        SettingSpec("env", "text", "", "Extra environment, KEY=VALUE per line (or a mapping in the file).",
+                    placeholder="KEY=VALUE", mapping_ok=True, check=check_env),
+        SettingSpec("port", "integer", 0, "TCP port (0: a free port is picked at each start). Exported as "
+                    "PORT.", minimum=0, maximum=65535),
+        SettingSpec("ready_check", "text", "none", "How to know it is ready: none, tcp (connect to the "
+                    "port), http://... (answers 2xx/3xx; {port} replaced) or log:REGEX (an output line "
+                    "matches).", placeholder="http://127.0.0.1:{port}/", check=check_ready_check),
+        *restart_settings(ready_timeout=60.0),
+        SettingSpec("free_memory", "text", "", "How to ask it to free memory: empty (not supported), "
+                    "http://... (POST with {\"system_ram\": bool}) or signal:SIGUSR1.",
+                    check=check_free_memory),
+        SettingSpec("max_usages", "integer", 1, "How many generations may use it at once (<= 0: never "
+                    "picked).", minimum=-(2**31)),
+    )
+
+    def launch(self, settings: dict[str, Any], port: int) -> LaunchSpec:
+        command = settings["command"].strip()
+        if not command:
+            raise LaunchRefused("No command set: edit the backend's 'command' setting to start it.")
+        argv = tuple(fill_port(part, port) for part in shlex.split(command))
+        env = parse_env(settings["env"])
+        if port:
+            env.setdefault("PORT", str(port))
+        return LaunchSpec(
+            argv=argv,
+            cwd=settings["cwd"] or None,
+            env={k: fill_port(v, port) for k, v in env.items()},
+            port=port,
+            ready_check=fill_port(settings["ready_check"], port),
+            ready_timeout=settings["ready_timeout"],
+            stop_signal=signal.Signals[settings["stop_signal"]],
+            stop_timeout=settings["stop_timeout"],
+            free_memory=fill_port(settings["free_memory"], port),
+        )
