@@ -268,6 +268,8 @@ def yaml_value(value: Any) -> Any:
     """A typed setting value as it should appear in the file (multi-line text as a literal block)."""
     if isinstance(value, str) and "\n" in value:
         return LiteralScalarString(value if value.endswith("\n") else value + "\n")
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)  # `stop_timeout: 7`, as a person writes it (decimals accept integers)
     return value
 
 

@@ -192,7 +192,8 @@ def cmd_types(client: Client, args: argparse.Namespace) -> int:
         rows = [(s.get("name"), s.get("type"), json.dumps(s.get("default")), s.get("description"))
                 for s in entry.get("settings", [])]
         if rows:
-            print(_table(rows, ("  SETTING", "TYPE", "DEFAULT", "DESCRIPTION")).replace("\n", "\n  "))
+            table = _table(rows, ("SETTING", "TYPE", "DEFAULT", "DESCRIPTION"))
+            print("\n".join("  " + line for line in table.splitlines()))
     return EXIT_OK
 
 
@@ -387,7 +388,15 @@ def _id_or_all(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `swarmctl` console script. Returns (and exits with) the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value pairs may come before or after options (`add process --title t command=...`): argparse
+    # stops filling a nargs="*" positional at the first option, so the rest arrive as extras.
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        if hasattr(args, "settings") and all("=" in x and not x.startswith("-") for x in extras):
+            args.settings = [*args.settings, *extras]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
     args.json = getattr(args, "json", False)
     socket_path = getattr(args, "socket", None) or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
     client = Client(socket_path, timeout=getattr(args, "timeout", DEFAULT_TIMEOUT))

@@ -17,6 +17,8 @@ import trio
 SAMPLE_MAX_AGE = 30.0
 #: The window measured when there is no usable previous sample.
 FRESH_WINDOW = 0.1
+#: Samples closer together than this are not measured again.
+MIN_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,28 +63,35 @@ def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int] | None:
 
 
 class CpuSampler:
-    """Owns the previous /proc/stat sample; `usage()` is the busy share (0.0 to 1.0) since then."""
+    """Owns the previous /proc/stat sample; `usage()` is the busy share (0.0 to 1.0) since then.
+
+    Calls closer together than MIN_INTERVAL get the last figure again: a few jiffies are too coarse to
+    measure, and measuring a fresh window each time would make every quick caller wait.
+    """
 
     def __init__(self) -> None:
         self._last: CpuTimes | None = None
         self._last_at = 0.0
+        self._usage = 0.0
 
     async def usage(self) -> float:
         now = time.monotonic()
+        previous = self._last
+        if previous is not None and now - self._last_at < MIN_INTERVAL:
+            return self._usage
         current = read_cpu_times()
         if current is None:
             return 0.0
-        previous = self._last
         if previous is None or now - self._last_at > SAMPLE_MAX_AGE or current.total <= previous.total:
             previous = current
             await trio.sleep(FRESH_WINDOW)
             current = read_cpu_times() or previous
             now = time.monotonic()
-        self._last, self._last_at = current, now
         elapsed = current.total - previous.total
-        if elapsed <= 0:
-            return 0.0
-        return max(0.0, min(1.0, (current.busy - previous.busy) / elapsed))
+        if elapsed > 0:
+            self._usage = max(0.0, min(1.0, (current.busy - previous.busy) / elapsed))
+        self._last, self._last_at = current, now
+        return self._usage
 
 
 def cpu_cores() -> int:

@@ -1,0 +1,227 @@
+"""The Fleet with real child processes, a real backends file on disk and the real guardian."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import urllib.request
+
+import pytest
+import trio
+
+from swarmd.fleet import Fleet, FleetError
+from swarmd.supervise.process import Guardian
+from tests.helpers import backend_yaml, eventually, pids_with
+
+SLEEPER = f"{sys.executable} -c 'import time; time.sleep(600)'"
+
+
+@pytest.fixture
+async def make_fleet(nursery, tmp_path):
+    guardian = Guardian()
+    guardian.start()
+    fleets: list[Fleet] = []
+
+    async def make(backends: dict[int, dict] | str) -> Fleet:
+        path = tmp_path / "backends.yaml"
+        path.write_text(backends if isinstance(backends, str) else backend_yaml(backends))
+        fleet = Fleet(str(path), nursery, guardian)
+        await fleet.start()
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        with trio.fail_after(20):
+            await fleet.shutdown()
+    guardian.close()
+
+
+def status(fleet: Fleet, backend_id: int) -> str:
+    backend = fleet.get(backend_id)
+    return backend.status if backend else "gone"
+
+
+async def running(fleet: Fleet, backend_id: int) -> int:
+    await eventually(lambda: status(fleet, backend_id) == "running", what=f"backend {backend_id} running")
+    pid = fleet.get(backend_id).runtime.pid
+    assert pid is not None
+    return pid
+
+
+async def test_http_backend_becomes_running_and_serves(make_fleet):
+    fleet = await make_fleet({0: {"settings": {
+        "command": f"{sys.executable} -m http.server --bind 127.0.0.1 {{port}}",
+        "ready_check": "http://127.0.0.1:{port}/"}}})
+    await running(fleet, 0)
+    port = fleet.get(0).runtime.port
+    body = await trio.to_thread.run_sync(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/").status)
+    assert body == 200
+    assert any("Serving HTTP" in line.text for line in fleet.get(0).ring.tail(10))
+
+
+async def test_sigkilled_backend_comes_back_with_a_new_pid(make_fleet):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER, "restart_delay": 0}}})
+    first = await running(fleet, 0)
+    os.kill(first, signal.SIGKILL)
+    await eventually(lambda: fleet.get(0).runtime.pid not in (None, first) and status(fleet, 0) == "running")
+    runtime = fleet.get(0).runtime
+    assert runtime.restarts == 1
+    assert runtime.last_exit.describe() == "killed by SIGKILL"
+
+
+async def test_edit_writes_exactly_the_changed_line_and_restarts(make_fleet, tmp_path):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER, "stop_timeout": 5}},
+                              1: {"settings": {"command": SLEEPER}}})
+    pid0, pid1 = await running(fleet, 0), await running(fleet, 1)
+    before = (tmp_path / "backends.yaml").read_text().splitlines()
+    backend = await fleet.edit(0, title="b0", settings={"stop_timeout": "7"})
+    after = (tmp_path / "backends.yaml").read_text().splitlines()
+    assert [(a, b) for a, b in zip(before, after, strict=True) if a != b] == [
+        ("      stop_timeout: 5", "      stop_timeout: 7")]
+    assert backend.modcount == 1
+    new0 = await eventually(lambda: fleet.get(0).runtime.pid not in (None, pid0) and fleet.get(0).runtime.pid)
+    assert new0 != pid0
+    assert fleet.get(1).runtime.pid == pid1  # the other one is untouched
+
+
+async def test_title_only_edit_does_not_restart(make_fleet):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
+    pid = await running(fleet, 0)
+    await fleet.edit(0, title="renamed", settings={})
+    assert fleet.get(0).title == "renamed"
+    assert fleet.get(0).runtime.pid == pid
+    assert fleet.get(0).modcount == 1
+
+
+async def test_bad_setting_is_refused_before_anything_changes(make_fleet, tmp_path):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
+    pid = await running(fleet, 0)
+    text = (tmp_path / "backends.yaml").read_bytes()
+    with pytest.raises(FleetError, match="Invalid value for setting 'port': expected an integer, got 'abc'"):
+        await fleet.edit(0, title="x", settings={"port": "abc"})
+    with pytest.raises(FleetError, match="Invalid backend ID 9"):
+        await fleet.edit(9, title="x", settings={})
+    with pytest.raises(FleetError, match="Missing settings."):
+        await fleet.edit(0, title="x", settings=None)  # type: ignore[arg-type]
+    assert (tmp_path / "backends.yaml").read_bytes() == text
+    assert fleet.get(0).runtime.pid == pid
+    assert fleet.get(0).modcount == 0
+
+
+async def test_invalid_file_on_disk_is_never_overwritten(make_fleet, tmp_path):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
+    pid = await running(fleet, 0)
+    path = tmp_path / "backends.yaml"
+    broken = path.read_text().replace("enabled: true", "enabled: yes")
+    path.write_text(broken)
+    with pytest.raises(FleetError, match=r"backends file is invalid, fix it first: .*backends.yaml:5:14: backends.0.enabled"):
+        await fleet.toggle(0, False)
+    assert path.read_text() == broken
+    assert fleet.get(0).runtime.pid == pid
+    assert fleet.file_problem is not None
+
+
+async def test_read_only_file_fails_the_mutation_with_state_intact(make_fleet, tmp_path):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
+    pid = await running(fleet, 0)
+    path = tmp_path / "backends.yaml"
+    text = path.read_bytes()
+    os.chmod(path, 0o444)
+    with pytest.raises(FleetError, match="Could not write .*read-only.*Nothing was changed"):
+        await fleet.edit(0, title="new title", settings={"stop_timeout": "1"})
+    with pytest.raises(FleetError, match="Could not write"):
+        await fleet.add("process")
+    assert path.read_bytes() == text
+    backend = fleet.get(0)
+    assert (backend.title, backend.modcount, backend.runtime.pid) == ("b0", 0, pid)
+    assert backend.settings["stop_timeout"] == 10.0
+    assert [b.id for b in fleet.backends()] == [0]
+
+
+async def test_add_delete_and_ids_never_collide(make_fleet, tmp_path):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
+    added = await fleet.add("process")
+    assert added.id == 1
+    assert added.status == "disabled"  # empty command
+    assert "No command set" in added.status_message
+    await fleet.edit(1, title="moved", settings={}, new_id=10)
+    with pytest.raises(FleetError, match="Backend ID 0 is already in use."):
+        await fleet.edit(10, title="x", settings={}, new_id=0)
+    again = await fleet.add("process")
+    assert again.id == 11  # new_id raised the next free id: no collision, ever
+    assert await fleet.delete(11) is True
+    assert await fleet.delete(11) is False
+    third = await fleet.add("process")
+    assert third.id == 12  # a deleted id is not reused
+    with pytest.raises(FleetError, match="Invalid backend type: nope"):
+        await fleet.add("nope")
+    from swarmd import backends_file
+
+    on_disk = backends_file.read(str(tmp_path / "backends.yaml"))
+    assert list(on_disk.backends) == [0, 10, 12]
+
+
+async def test_toggle_stops_and_starts(make_fleet, tmp_path):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
+    pid = await running(fleet, 0)
+    assert await fleet.toggle(0, False) is True
+    assert status(fleet, 0) == "disabled"
+    assert pids_with(str(pid)) == [] or not os.path.exists(f"/proc/{pid}")
+    assert "enabled: false" in (tmp_path / "backends.yaml").read_text()
+    assert await fleet.toggle(0, False) is False
+    assert await fleet.toggle(0, True) is True
+    assert await running(fleet, 0) != pid
+    with pytest.raises(FleetError, match="Invalid backend ID 5"):
+        await fleet.toggle(5, True)
+
+
+async def test_missing_program_is_errored_at_once_without_spinning(make_fleet):
+    fleet = await make_fleet({0: {"settings": {"command": "/nonexistent/program --flag"}},
+                              1: {"settings": {"command": SLEEPER, "cwd": "/nonexistent-dir"}}})
+    await eventually(lambda: status(fleet, 0) == "errored" and status(fleet, 1) == "errored")
+    assert fleet.get(0).status_message == "cannot start: program '/nonexistent/program' not found"
+    assert fleet.get(1).status_message == "cannot start: working directory '/nonexistent-dir' does not exist"
+    await trio.sleep(0.3)
+    assert fleet.get(0).runtime.starts == 0 and fleet.get(0).runtime.restarts == 0
+
+
+async def test_stop_kills_grandchildren(make_fleet):
+    marker = f"swarmd-test-gc-{os.getpid()}"
+    # sh starts a grandchild (sleep 611) in the backend's group, then execs the main process
+    fleet = await make_fleet({0: {"settings": {"command": f"sh -c \"sleep 611 & exec {sys.executable} -c "
+                                              f"'import time; time.sleep(600)' {marker}\"",
+                                              "stop_timeout": 5}}})
+    pid = await running(fleet, 0)
+    await eventually(lambda: pids_with("sleep 611"), what="grandchild started")
+    assert pids_with(marker) == [pid]
+    await fleet.delete(0)
+    assert pids_with(marker) == []
+    await eventually(lambda: not pids_with("sleep 611"), timeout=2, what="grandchild gone")
+
+
+async def test_crash_kills_leftover_grandchildren(make_fleet):
+    fleet = await make_fleet({0: {"settings": {"command": "sh -c \"sleep 622 & sleep 0.2; exit 3\"",
+                                               "restart": "never"}}})
+    await eventually(lambda: status(fleet, 0) == "errored")
+    assert "exited with status 3 (restart: never)" in fleet.get(0).status_message
+    await eventually(lambda: not pids_with("sleep 622"), timeout=2, what="grandchild gone")
+
+
+async def test_restart_and_free_memory(make_fleet):
+    handler = ("import signal, sys, time\n"
+               "signal.signal(signal.SIGUSR1, lambda *a: print('freed', flush=True))\n"
+               "print('up', flush=True)\n"
+               "while True: time.sleep(1)\n")
+    fleet = await make_fleet({0: {"settings": {"command": f"{sys.executable} -c \"{handler}\"",
+                                               "ready_check": "log:^up$", "free_memory": "signal:SIGUSR1"}},
+                              1: {"settings": {"command": SLEEPER}}})
+    pid0, pid1 = await running(fleet, 0), await running(fleet, 1)
+    assert await fleet.free_memory("all", system_ram=False) == (True, 1)
+    await eventually(lambda: any(line.text == "freed" for line in fleet.get(0).ring.tail(5)))
+    assert await fleet.restart("1") == 1
+    await eventually(lambda: fleet.get(1).runtime.pid not in (None, pid1) and status(fleet, 1) == "running")
+    assert fleet.get(0).runtime.pid == pid0
+    assert await fleet.restart("7") == 0
+    assert await fleet.restart("all") == 2

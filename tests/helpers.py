@@ -1,0 +1,113 @@
+"""Shared test helpers: wait for a condition, find processes by a marker in their command line."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import trio
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+    """Poll `predicate` until it returns something truthy (tests may poll; the daemon never does)."""
+    with trio.move_on_after(timeout):
+        while True:
+            value = predicate()
+            if value:
+                return value
+            await trio.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def pids_with(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z" and int(entry) != os.getpid():
+            found.append(int(entry))
+    return found
+
+
+def backend_yaml(backends: dict[int, dict]) -> str:
+    """A backends file for the given {id: {"title":.., "settings": {..}, "enabled":..}}."""
+    import json
+
+    lines = ["backends:"]
+    for backend_id, spec in backends.items():
+        lines.append(f"  {backend_id}:")
+        lines.append(f"    type: {spec.get('type', 'process')}")
+        lines.append(f"    title: {json.dumps(spec.get('title', f'b{backend_id}'))}")
+        lines.append(f"    enabled: {str(spec.get('enabled', True)).lower()}")
+        lines.append("    settings:")
+        for key, value in spec.get("settings", {}).items():
+            lines.append(f"      {key}: {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+class Daemon:
+    """A real `swarmd serve` in a subprocess, its stderr collected in a file."""
+
+    def __init__(self, tmp_path, backends_text: str | None = None, *, extra_args: tuple[str, ...] = (),
+                 preexec_fn=None, backends_path=None, env=None) -> None:
+        import subprocess
+        import sys
+
+        self.dir = tmp_path
+        self.backends = backends_path or tmp_path / "backends.yaml"
+        if backends_text is not None:
+            self.backends.write_text(backends_text)
+        self.socket = tmp_path / "swarmd.sock"
+        self.log_path = tmp_path / "swarmd.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "swarmd", "serve", "--backends", str(self.backends),
+             "--socket", str(self.socket), *extra_args],
+            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 15.0, count: int = 1) -> list:
+        import re
+
+        def found():
+            matches = re.findall(pattern, self.log())
+            if self.proc.poll() is not None and len(matches) < count:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) before {pattern!r}:\n{self.log()}")
+            return matches if len(matches) >= count else None
+
+        return wait_until(found, timeout, what=f"{pattern!r} in the daemon's log")  # type: ignore[return-value]
+
+    def stop(self, sig: int = 15, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._log.close()
