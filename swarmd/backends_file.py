@@ -17,6 +17,10 @@ must be trustworthy:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import fcntl
 import hashlib
 import io
 import os
@@ -396,11 +400,17 @@ def _last_holder(mapping: CommentedMap) -> tuple[CommentedMap, Any] | None:
 # -- writing ---------------------------------------------------------------------------------------------
 
 
-def atomic_write(path: str, text: str) -> None:
+class Conflict(Exception):
+    """The file changed on disk after it was last read: the write was not made (theirs is kept)."""
+
+
+def atomic_write(path: str, text: str, expect_digest: str | None = None) -> None:
     """Replace the file at `path` with `text`, atomically and durably.
 
     A symlink at `path` is kept: its target is replaced. The old mode and owner are kept (new files get
-    0644 under the umask). Raises OSError; on failure the old file is untouched and no temp file is left.
+    0644 under the umask). With `expect_digest`, the write is a compare-and-swap: when the file no longer
+    has that content (a person saved it meanwhile), it is left as they saved it and `Conflict` is raised.
+    Raises OSError; on failure the old file is untouched and no temp file is left.
     """
     target = os.path.realpath(path)
     directory = os.path.dirname(target) or "."
@@ -429,7 +439,11 @@ def atomic_write(path: str, text: str) -> None:
                 os.umask(umask)
                 os.fchmod(handle.fileno(), 0o644 & ~umask)
             os.fsync(handle.fileno())
-        os.replace(temp, target)
+        if expect_digest is not None and old is not None:
+            with directory_lock(directory):
+                _swap_in(temp, target, expect_digest)
+        else:
+            os.replace(temp, target)
     except BaseException:
         try:
             os.unlink(temp)
@@ -441,6 +455,63 @@ def atomic_write(path: str, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str) -> Iterator[None]:
+    """An exclusive flock on the file's directory, held while the daemon swaps its write in.
+
+    Editors take no locks, and the compare-and-swap below catches their saves. A config tool that edits
+    the file while the API may write it can take the same lock (`flock /etc/swarmd CMD`): its
+    read-modify-write and ours then never interleave at all.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def _swap_in(temp: str, target: str, expect_digest: str) -> None:
+    """Put `temp` in place of `target` only if `target` still holds `expect_digest`.
+
+    renameat2(RENAME_EXCHANGE) swaps the two names atomically, so what we displaced is at hand: if it is
+    not what we expected, a person saved the file a moment ago and we swap their version straight back.
+    (A check followed by a plain rename would leave a window where their save is silently replaced.)
+    Filesystems without RENAME_EXCHANGE get the check-then-rename fallback.
+    """
+    try:
+        _rename_exchange(temp, target)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        with open(target, "rb") as handle:
+            if digest_of(handle.read()) != expect_digest:
+                raise Conflict(target) from None
+        os.replace(temp, target)
+        return
+    with open(temp, "rb") as handle:
+        displaced = handle.read()
+    if digest_of(displaced) != expect_digest:
+        _rename_exchange(temp, target)  # theirs back in place; ours is removed by the caller
+        raise Conflict(target)
+    os.unlink(temp)
+
+
+_libc = None
+
+
+def _rename_exchange(a: str, b: str) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(_libc, "renameat2"):
+        raise OSError(errno.ENOSYS, "renameat2 not available")
+    at_fdcwd, rename_exchange = -100, 2
+    if _libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), b)
 
 
 def is_temp_name(name: str) -> bool:

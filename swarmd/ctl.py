@@ -87,9 +87,19 @@ class Client:
         if conn.sock is not None:
             conn.sock.settimeout(conn.timeout)
         headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
+        reused = conn.sock is not None
         try:
-            conn.request("POST", f"/API/{route}", body=payload, headers=headers)
-            response = conn.getresponse()
+            try:
+                conn.request("POST", f"/API/{route}", body=payload, headers=headers)
+                response = conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                # The daemon closed our idle keep-alive connection before reading this request: send it
+                # again on a fresh one (nothing of it was processed).
+                conn.close()
+                conn.request("POST", f"/API/{route}", body=payload, headers=headers)
+                response = conn.getresponse()
             data = response.read()
         except (FileNotFoundError, ConnectionRefusedError, PermissionError) as err:
             self.close()

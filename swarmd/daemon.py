@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from swarmd.fleet import Fleet
+from swarmd.reload import watch_file
 from swarmd.supervise.process import Guardian, normalize_signals, raise_fd_limit
 
 log = logging.getLogger("swarmd")
@@ -42,6 +43,8 @@ async def run_daemon(options: DaemonOptions) -> int:
             async with trio.open_nursery() as nursery:
                 fleet = Fleet(options.backends, nursery, guardian)
                 await fleet.start()
+                stop_watching = trio.Event()
+                await nursery.start(watch_file, options.backends, fleet.reload, stop_watching)
                 await _start_api(nursery, fleet, options)
                 log.info("swarmd ready: %d backends, socket %s", len(fleet.backends()), options.socket)
                 async for signum in signals:
@@ -51,6 +54,7 @@ async def run_daemon(options: DaemonOptions) -> int:
                         continue
                     log.info("%s: stopping every backend", signal.Signals(signum).name)
                     break
+                stop_watching.set()
                 async with trio.open_nursery() as stopping:
                     stopping.start_soon(_escalate_on_second_signal, signals, fleet, stopping.cancel_scope)
                     await fleet.shutdown()

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -37,6 +37,7 @@ from swarmd.supervise.supervisor import Runtime, Supervisor
 from swarmd.types import TYPES, BackendType
 
 log = logging.getLogger("swarmd.fleet")
+T = TypeVar("T")
 
 
 class FleetError(Exception):
@@ -195,8 +196,8 @@ class Fleet:
         backend_type = self.types.get(type_id) if isinstance(type_id, str) else None
         if backend_type is None:
             raise FleetError(f"Invalid backend type: {type_id}")
-        async with self._lock:
-            await self._sync_with_disk()
+
+        async def body() -> Backend:
             values = backend_type.defaults()
             values.update(self._parse_api_settings(backend_type, settings or {}, values))
             new_id = self._next_id
@@ -215,6 +216,8 @@ class Fleet:
             log.info("added backend-%d (%s)", new_id, type_id)
             return backend
 
+        return await self._mutate(body)
+
     async def edit(self, backend_id: int, *, title: str, settings: dict[str, Any],
                    new_id: int = -1) -> Backend:
         """Change a backend's title and settings (partial merge of raw API values) and maybe its id.
@@ -223,8 +226,8 @@ class Fleet:
         """
         if new_id == backend_id:
             new_id = -1
-        async with self._lock:
-            await self._sync_with_disk()
+
+        async def body() -> Backend:
             if new_id >= 0 and new_id in self._backends:
                 raise FleetError(f"Backend ID {new_id} is already in use.")
             if new_id < -1:
@@ -258,10 +261,11 @@ class Fleet:
                 backend.supervisor.policy.reset()
             return backend
 
+        return await self._mutate(body)
+
     async def delete(self, backend_id: int) -> bool:
         """Delete a backend; returns after its process has stopped. False when there was none."""
-        async with self._lock:
-            await self._sync_with_disk()
+        async def body() -> bool:
             backend = self._backends.get(backend_id)
             if backend is None:
                 return False
@@ -271,10 +275,11 @@ class Fleet:
             log.info("deleted backend-%d", backend_id)
             return True
 
+        return await self._mutate(body)
+
     async def toggle(self, backend_id: int, enabled: bool) -> bool:
         """Enable or disable a backend. True when it changed; False for "No change."."""
-        async with self._lock:
-            await self._sync_with_disk()
+        async def body() -> bool:
             backend = self._backends.get(backend_id)
             if backend is None:
                 raise FleetError(f"Invalid backend ID {backend_id}")
@@ -287,6 +292,8 @@ class Fleet:
             else:
                 await self._stop_backend(backend, "disabled", "Disabled")
             return True
+
+        return await self._mutate(body)
 
     async def restart(self, target: str = "all") -> int:
         """Restart the running or errored backends named by `target` ("all" or an id), in parallel."""
@@ -358,6 +365,23 @@ class Fleet:
                 raise FleetError(f"Invalid value for setting '{name}': {err}") from None
         return parsed
 
+    async def _mutate(self, body: Callable[[], Awaitable[T]]) -> T:
+        """Run one mutation under the lock, on top of the file as it is on disk now.
+
+        `body` validates, calls `_write` and only then changes memory and processes. If a person saves
+        the file between our read and our write, `_write` raises Conflict before anything changed: their
+        version is applied and the mutation is made again on top of it.
+        """
+        async with self._lock:
+            for _ in range(10):
+                await self._sync_with_disk()
+                try:
+                    return await body()
+                except backends_file.Conflict:
+                    log.info("the backends file changed on disk during a change: applying it first")
+            raise FleetError(f"{self.path} kept changing on disk while applying the change; nothing was "
+                             "changed. Try again.")
+
     async def _write(self, change: Callable[[Editor], None]) -> None:
         """Edit the last text read, check the result, write it atomically. Raises FleetError; on any
         failure the file and the fleet are as they were."""
@@ -372,7 +396,7 @@ class Fleet:
             raise FleetError(f"Internal error: the change would make {self.path} invalid: "
                              f"{err.problems[0]}") from None
         try:
-            await trio.to_thread.run_sync(backends_file.atomic_write, self.path, text)
+            await trio.to_thread.run_sync(backends_file.atomic_write, self.path, text, self._file.digest)
         except OSError as err:
             reason = err.strerror or str(err)
             raise FleetError(f"Could not write {self.path}: {reason}. Nothing was changed.") from None
@@ -462,6 +486,8 @@ class Fleet:
         async with trio.open_nursery() as nursery:
             for action in actions:
                 nursery.start_soon(action)
+        log.info("reloaded %s: %d backends, %d changes applied", self.path, len(self._backends),
+                 len(actions) + len(renames))
         self.on_change()
 
     async def _start_backend(self, backend: Backend) -> None:

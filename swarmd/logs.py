@@ -50,6 +50,8 @@ def setup(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # watchfiles logs every batch of changes at info: the reload's own line says what happened.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 #: Backend output is forwarded through this logger as "backend-<id>: <line>".

@@ -111,3 +111,38 @@ class Daemon:
             self.proc.kill()
         self.proc.wait()
         self._log.close()
+
+
+def api(socket_path, route: str, body: dict | None = None, timeout: float = 30.0) -> dict:
+    """POST /API/<route> over the daemon's unix socket (stdlib only) and return the JSON answer."""
+    import http.client
+    import json
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(socket_path))
+
+    connection = UnixConnection("swarmd", timeout=timeout)
+    try:
+        connection.request("POST", f"/API/{route}", json.dumps(body or {}),
+                           {"Content-Type": "application/json"})
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
+def wait_socket(socket_path, timeout: float = 15.0) -> None:
+    import socket
+
+    def connects() -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(str(socket_path))
+            return True
+        except OSError:
+            return False
+
+    wait_until(connects, timeout, what=f"{socket_path} accepting connections")

@@ -239,6 +239,9 @@ async def list_recent_log_messages(
     after = _last_sequence_ids(body)
     wait = _wait_seconds(body)
     rings = {identifier: backend.ring for identifier, backend in _log_backends(ctx.fleet, wanted).items()}
+    # A mark beyond the ring's last line means the log is not the one the client read (the daemon restarted,
+    # or the id now names another backend): start it over rather than wait for a number never reached.
+    after = {name: (mark if name not in rings or mark <= rings[name].last_seq else 0) for name, mark in after.items()}
     if wait > 0 and rings and not any(ring.last_seq > after.get(name, 0) for name, ring in rings.items()):
         await _wait_for_any(rings, after, wait)
     data: dict[str, list[dict[str, Any]]] = {}
@@ -254,6 +257,8 @@ async def list_recent_log_messages(
 
 @route("GetServerResourceInfo", flag="read_server_info_panels")
 async def get_server_resource_info(ctx: ApiContext, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+    """cpu.usage is the busy share of all cores, 0.0 to 1.0; memory figures are bytes; "gpus" comes from
+    the `gpu_info` hook and is left out when it gives nothing (as SwarmUI does without NVIDIA)."""
     answer: dict[str, Any] = {
         "cpu": {"usage": await ctx.cpu.usage(), "cores": cpu_cores()},
         "system_ram": read_meminfo() or {"total": 0, "used": 0, "free": 0},

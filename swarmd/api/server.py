@@ -198,6 +198,9 @@ async def serve_api(
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.listen(LISTEN_BACKLOG)  # systemd already listens; harmless either way
+        if sock.family != socket.AF_UNIX:
+            log.warning("the inherited socket is not a unix socket: callers' credentials cannot be read, "
+                        "so every route that needs a permission will be refused")
         owned: tuple[int, int] | None = None
     else:
         sock = bind_unix_socket(socket_path, mode, group)

@@ -179,6 +179,10 @@ def test_list_recent_log_messages(daemon: Daemon) -> None:
     assert set(answer["data"]) == {"backend-1"}  # unknown types are left out
     assert answer["data"]["backend-1"] and all(m["sequence_id"] > last for m in answer["data"]["backend-1"])
     assert answer["last_sequence_id"] >= answer["data"]["backend-1"][-1]["sequence_id"]
+    # A mark the log never reached (a client of an earlier daemon): the log starts over, no waiting.
+    again = daemon.ok("ListRecentLogMessages", {"types": ["backend-1"], "last_sequence_ids": {"backend-1": 10**9},
+                                                "wait_seconds": 20})
+    assert again["data"]["backend-1"][0]["sequence_id"] <= first[0]["sequence_id"]
 
 
 def test_get_server_resource_info(daemon: Daemon) -> None:

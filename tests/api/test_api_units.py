@@ -171,3 +171,66 @@ def test_proc_readers(tmp_path) -> None:
     assert read_meminfo(str(fake)) == {"total": 1024000, "used": 614400, "free": 409600}
     assert read_meminfo(str(tmp_path / "missing")) is None
     assert read_cpu_times(str(tmp_path / "missing")) is None
+
+
+# -- the daemon config file ---------------------------------------------------------------------------------
+
+
+def test_load_access_config_file(tmp_path) -> None:
+    from swarmd.api.access import load_access_config_file
+
+    good = tmp_path / "swarmd.yaml"
+    good.write_text("# daemon config\nsocket:\n  mode: '0666'\naccess:\n  - {uid: 1000, role: admin}\nlog_level: debug\n")
+    config = load_access_config_file(str(good))
+    assert config.socket_mode == 0o666 and config.rules == [AccessRule(uid=1000, role="admin")]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_access_config_file(str(empty)) == AccessConfig()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("access: [\n")
+    with pytest.raises(ValueError, match=f"^{bad}: not valid YAML"):
+        load_access_config_file(str(bad))
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("socket:\n  mode: 0660\n")
+    with pytest.raises(ValueError, match=f"^{wrong}: socket.mode: write the mode as a quoted octal string"):
+        load_access_config_file(str(wrong))
+    with pytest.raises(ValueError, match="cannot read"):
+        load_access_config_file(str(tmp_path / "missing.yaml"))
+
+
+# -- swarmctl's client ----------------------------------------------------------------------------------------
+
+
+def test_client_resends_when_an_idle_connection_was_closed(tmp_path) -> None:
+    """The daemon closes idle keep-alive connections (hypercorn: after 5 s); the next call must not fail."""
+    import socket
+    import threading
+
+    from swarmd.ctl import Client
+
+    path = str(tmp_path / "fake.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+    answer = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"n": "ok"}'
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            with conn:
+                request = b""
+                while not (b"\r\n\r\n" in request and request.endswith(b"}")):  # headers, then the body
+                    request += conn.recv(65536)
+                conn.sendall(answer)
+            # closed after one answer although the client asked for keep-alive
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = Client(path, timeout=5)
+    try:
+        assert client.call("A") == {"n": "ok"}
+        assert client.call("B") == {"n": "ok"}
+    finally:
+        client.close()
+        server.close()
+    thread.join(timeout=5)

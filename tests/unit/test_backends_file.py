@@ -196,3 +196,16 @@ def test_check_command_prints_located_errors(tmp_path):
     result = subprocess.run([sys.executable, "-m", "swarmd", "check", "--backends", str(path)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compare_and_swap_write_keeps_a_save_made_meanwhile(tmp_path):
+    path = tmp_path / "backends.yaml"
+    path.write_text(COMMENTED)
+    base = bf.digest_of(path.read_bytes())
+    path.write_text(COMMENTED + "# a person saved this meanwhile\n")
+    with pytest.raises(bf.Conflict):
+        bf.atomic_write(str(path), "backends: {}\n", expect_digest=base)
+    assert path.read_text().endswith("# a person saved this meanwhile\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["backends.yaml"]
+    bf.atomic_write(str(path), "backends: {}\n", expect_digest=bf.digest_of(path.read_bytes()))
+    assert path.read_text() == "backends: {}\n"

@@ -1,0 +1,68 @@
+"""Scale: spawn N until all exec'd, daemon RSS and idle CPU, SIGTERM of the daemon until all N are gone."""
+
+from __future__ import annotations
+
+import time
+
+from bench import procs
+from bench.report import Goal, Result
+from bench.session import Settings, guarded, log, running
+from bench.systems import System
+
+NAME = "scale"
+
+
+def run(settings: Settings) -> Result:
+    result = Result(NAME, "Scale: spawn, memory, idle CPU, shutdown")
+    result.goals += [
+        Goal("spawn", "n=1000", 2.0, "spawn of 1000 under 2 s"),
+        Goal("shutdown", "n=1000", 1.0, "shutdown of 1000 under 1 s"),
+        Goal("idle CPU", "n=100", 0.05, "idle CPU under 0.05% (100 children)"),
+        Goal("idle CPU", "n=1000", 0.05, "idle CPU under 0.05% (1000 children)"),
+        Goal("RSS", "n=1000", 50.0, "RSS under 50 MB (1000 children)"),
+    ]
+    windows, window_s = (2, 2.5) if settings.quick else (4, 5.0)
+    result.notes.append(
+        "spawn: daemon launched -> last child's exec stamp; RSS and CPU: the daemon plus its helper processes "
+        "(swarmd's guardian), children excluded; idle CPU: % of one core in "
+        f"{windows} windows of {window_s} s, CPU time from /proc/*/task/*/schedstat (ns); shutdown: SIGTERM "
+        "of the daemon -> every child exited (pidfd)")
+    plan = [(100, 1)] if settings.quick else [(100, 2), (1000, 3)]
+    for count, reps in plan:
+        for cls in settings.systems:
+            for rep in range(reps):
+                with guarded(result.notes, f"scale {cls.name} n={count} rep {rep}"):
+                    _one(settings, result, cls, count, idle=(rep == 0), windows=windows, window_s=window_s)
+    return result
+
+
+def _one(settings: Settings, result: Result, cls: type[System], count: int, *, idle: bool, windows: int,
+         window_s: float) -> None:
+    case = f"n={count}"
+    with running(cls, count, settings) as (system, spawn):
+        result.add("spawn", case, "s", cls.name, spawn)
+        time.sleep(2.0)
+        helpers = system.helper_pids()
+        result.add("RSS", case, "MB", cls.name, procs.rss_bytes(helpers) / 1e6)
+        if idle:
+            for _ in range(windows):
+                before = procs.cpu_ns(helpers)
+                time.sleep(window_s)
+                used = procs.cpu_ns(helpers) - before
+                result.add("idle CPU", case, "%", cls.name, used / 1e9 / window_s * 100)
+        children = system.child_pids()
+        assert system.proc is not None
+        start = time.time()
+        system.terminate()
+        gone = procs.wait_gone(children, 120.0)
+        result.add("shutdown", case, "s", cls.name, gone - start if gone else None)
+        try:
+            code = system.proc.wait(timeout=60)
+            exited = time.time() - start
+            result.add("daemon exit", case, "s", cls.name, exited)
+            if code != 0:
+                result.notes.append(f"{cls.name} n={count}: exit status {code} after SIGTERM")
+        except Exception:  # noqa: BLE001
+            result.add("daemon exit", case, "s", cls.name, None)
+        log(f"scale {cls.name} {case}: spawn {spawn:.2f} s, shutdown "
+            f"{(gone - start) if gone else float('nan'):.2f} s")

@@ -1,0 +1,35 @@
+"""Status latency: one full status call over each system's in-process keep-alive client."""
+
+from __future__ import annotations
+
+import time
+
+from bench.report import Goal, Result
+from bench.session import Settings, budgeted, guarded, log, running
+
+NAME = "status"
+
+
+def run(settings: Settings) -> Result:
+    result = Result(NAME, "Status latency: one status call, in-process keep-alive client")
+    result.goals.append(Goal("status", "n=1000", 10.0, "status at 1000 under 10 ms"))
+    result.notes.append("swarmd: POST /API/ListBackends {\"full_data\": true} over http.client on the unix "
+                        "socket; supervisord: supervisor.getAllProcessInfo over XML-RPC on its unix socket; "
+                        "circus: the `status` command through CircusClient (ZeroMQ ipc); replies parsed")
+    for count in settings.sizes([10, 100, 1000], [10, 100]):
+        for cls in settings.systems:
+            with guarded(result.notes, f"status {cls.name} n={count}"), running(cls, count, settings) as (
+                system, _spawn,
+            ):
+                time.sleep(1.0)
+                for _ in range(3):
+                    system.status()
+                reps = budgeted(*((50, 5, 5.0) if settings.quick else (300, 15, 20.0)))
+                for _index in reps:
+                    start = time.perf_counter()
+                    system.status()
+                    result.add("status", f"n={count}", "ms", cls.name, (time.perf_counter() - start) * 1000)
+                fig = result.get("status", f"n={count}", cls.name)
+                if fig is not None:
+                    log(f"status {cls.name} n={count}: median {fig.median:.2f} ms over {len(fig.samples)}")
+    return result

@@ -1,0 +1,110 @@
+"""Process helpers: precise waits for exits (pidfd), CPU time in ns, RSS, and cleanup by run directory."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+
+def wait_gone(pids: list[int], timeout: float) -> float | None:
+    """Wait until every pid has exited (pidfd: no polling, works for non-children).
+
+    Returns the wall-clock time (time.time()) when the last one was seen gone, or None on timeout.
+    """
+    poller = select.poll()
+    fds: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        fds[fd] = pid
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    try:
+        while fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for fd, _event in poller.poll(left * 1000):
+                poller.unregister(fd)
+                os.close(fd)
+                del fds[fd]
+        return time.time()
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def cpu_ns(pids: list[int]) -> int:
+    """CPU time used so far by these processes, all their threads, in ns (/proc/PID/task/*/schedstat)."""
+    total = 0
+    for pid in pids:
+        try:
+            for task in os.scandir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task.name}/schedstat") as handle:
+                    total += int(handle.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident set size of these processes added up."""
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def helpers(daemon: int, child_marker: str) -> list[int]:
+    """The daemon and its descendants that are not benchmark children (e.g. swarmd's guardian)."""
+    try:
+        root = psutil.Process(daemon)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    pids = []
+    for proc in tree:
+        try:
+            argv0 = (proc.cmdline() or [""])[0]
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        if argv0 != child_marker:
+            pids.append(proc.pid)
+    return pids
+
+
+def kill_run(daemon: int | None, run_dir: Path) -> int:
+    """SIGKILL the daemon's tree and every process whose command line names `run_dir`. Returns a count."""
+    victims: dict[int, psutil.Process] = {}
+    if daemon is not None:
+        try:
+            root = psutil.Process(daemon)
+            victims[root.pid] = root
+            for proc in root.children(recursive=True):
+                victims[proc.pid] = proc
+        except psutil.NoSuchProcess:
+            pass
+    marker = str(run_dir)
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(marker in part for part in proc.info["cmdline"] or []):
+            victims[proc.pid] = proc
+    victims.pop(os.getpid(), None)
+    # The daemon first, so that nothing restarts what is killed next.
+    ordered = sorted(victims.values(), key=lambda proc: proc.pid != daemon)
+    for proc in ordered:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(ordered, timeout=5)
+    return len(ordered)

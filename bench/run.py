@@ -1,0 +1,102 @@
+"""`python -m bench.run [--quick] [BENCHMARK ...]`: run the benchmarks, print tables, write bench/results/.
+
+Benchmarks: restart, status, scale, config (all by default). `--quick` is the ~2-minute mode: fewer
+repetitions, smaller fleets. Everything started is killed on exit, also on Ctrl-C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType, ModuleType
+
+from bench import bench_config, bench_restart, bench_scale, bench_status, report
+from bench.session import Settings, log
+from bench.systems import SYSTEMS
+
+BENCHMARKS: dict[str, ModuleType] = {
+    module.NAME: module for module in (bench_restart, bench_status, bench_scale, bench_config)
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("benchmarks", nargs="*", metavar="BENCHMARK",
+                        help=f"which to run, of {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="~2 minutes: fewer repetitions, small fleets")
+    parser.add_argument("--systems", default=",".join(cls.name for cls in SYSTEMS),
+                        help="comma-separated subset of: swarmd,supervisord,circus")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory (configs, daemon logs)")
+    return parser
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _summary(results: list[report.Result], mode: str) -> str:
+    lines = ["== swarmd goals =="]
+    checks = [check for result in results for check in result.goal_checks()]
+    for check in checks:
+        median = float(check["swarmd_median"])  # type: ignore[arg-type]
+        shown = "-" if math.isnan(median) else f"{median:.3g}"
+        lines.append(f"{check['verdict']:<12}  {check['goal']:<45} swarmd median {shown}")
+    report.RESULTS.mkdir(parents=True, exist_ok=True)
+    safe = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in c.items()} for c in checks]
+    (report.RESULTS / "summary.json").write_text(json.dumps({"mode": mode, "goals": safe}, indent=2) + "\n")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    wanted = set(args.systems.split(","))
+    systems = [cls for cls in SYSTEMS if cls.name in wanted]
+    names = args.benchmarks or list(BENCHMARKS)
+    mode = "quick" if args.quick else "full"
+    _raise_fd_limit()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    root = Path(tempfile.mkdtemp(prefix="swarmd-bench-", dir="/tmp"))
+    settings = Settings(quick=args.quick, root=root, systems=systems)
+    results: list[report.Result] = []
+    began = time.monotonic()
+    try:
+        for name in names:
+            log(f"benchmark {name} ({mode})")
+            result = BENCHMARKS[name].run(settings)
+            results.append(result)
+            print(report.format_table(result), flush=True)
+            print(f"-> {report.write_json(result, mode)}, {report.write_chart(result)}\n", flush=True)
+        print(_summary(results, mode))
+    except KeyboardInterrupt:
+        log("interrupted: everything started has been killed")
+        return 130
+    finally:
+        if args.keep:
+            log(f"run directory kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    log(f"done in {time.monotonic() - began:.0f} s")
+    failed = [note for result in results for note in result.notes if note.startswith("FAILED ")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
