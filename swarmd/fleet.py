@@ -33,6 +33,7 @@ from swarmd.backends_file import BackendDef, BackendsFile, Editor, FileInvalid
 from swarmd.settings import SECRET_MASK, SettingError
 from swarmd.supervise.output import OutputRing
 from swarmd.supervise.process import Guardian
+from swarmd.supervise.remote import RemoteMonitor
 from swarmd.supervise.supervisor import Runtime, Supervisor
 from swarmd.types import TYPES, BackendType
 
@@ -54,7 +55,7 @@ class Backend:
         self.runtime = Runtime()
         self.ring = OutputRing()
         self.modcount = 0
-        self.supervisor: Supervisor | None = None
+        self.supervisor: Supervisor | RemoteMonitor | None = None
         self.gpus: list[dict[str, Any]] = []  # filled by the GPU layer (resolved pins)
         self.last_free: dict[str, Any] | None = None
 
@@ -258,7 +259,7 @@ class Fleet:
             if restart:
                 await self._restart_with_new_definition(backend)
             elif backend.supervisor is not None:
-                backend.supervisor.policy.reset()
+                backend.supervisor.reset_counters()
             return backend
 
         return await self._mutate(body)
@@ -495,12 +496,18 @@ class Fleet:
         if not backend.enabled:
             backend.runtime.status, backend.runtime.status_message = "disabled", "Disabled"
             return
-        if not backend.type.self_starting or backend.supervisor is not None:
+        if backend.supervisor is not None:
             return
         backend.runtime.status, backend.runtime.status_message = "waiting", "Waiting to load..."
-        supervisor = Supervisor(label=backend.label, backend_type=backend.type,
-                                settings=backend.settings, runtime=backend.runtime, ring=backend.ring,
-                                guardian=self._guardian, on_change=self.on_change)
+        supervisor: Supervisor | RemoteMonitor
+        if backend.type.self_starting:
+            supervisor = Supervisor(label=backend.label, backend_type=backend.type,
+                                    settings=backend.settings, runtime=backend.runtime, ring=backend.ring,
+                                    guardian=self._guardian, on_change=self.on_change)
+        else:
+            supervisor = RemoteMonitor(label=backend.label, backend_type=backend.type,
+                                       settings=backend.settings, runtime=backend.runtime,
+                                       ring=backend.ring, on_change=self.on_change)
         backend.supervisor = supervisor
         await self._nursery.start(supervisor.run)
 

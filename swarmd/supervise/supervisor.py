@@ -38,7 +38,7 @@ from swarmd.supervise.process import (
     pump_lines,
     spawn,
 )
-from swarmd.types import BackendType, LaunchRefused, LaunchSpec
+from swarmd.types import BackendType, LaunchFailed, LaunchRefused, LaunchSpec
 
 log = logging.getLogger("swarmd.supervisor")
 backend_log = logging.getLogger("swarmd.backend")
@@ -128,6 +128,10 @@ class Supervisor:
         if self.child is not None:
             self.child.kill_now()
 
+    def reset_counters(self) -> None:
+        """A person edited the backend without a restart: forget its failures and starts."""
+        self.policy.reset()
+
     async def restart(self) -> None:
         """A person asked for a restart: forget failures, stop the current child, start again at once."""
         self.policy.reset()
@@ -190,6 +194,8 @@ class Supervisor:
             spec = self.type.launch(self.settings, port)
         except LaunchRefused as err:
             return Decision(False, status="disabled", message=str(err))
+        except LaunchFailed as err:
+            return Decision(False, status="errored", message=str(err))
         self.spec = spec
         self._ready_failure = None
         self._restart_requested = False

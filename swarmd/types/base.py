@@ -22,6 +22,11 @@ class LaunchRefused(Exception):
     """
 
 
+class LaunchFailed(Exception):
+    """The settings name something that is not there (e.g. a missing script): the backend is `errored`
+    at once, never retried in a loop. `str(err)` is the status message."""
+
+
 @dataclass(frozen=True)
 class RestartConfig:
     """The restart-policy settings shared by every self-starting type (see supervise/policy.py)."""
@@ -83,7 +88,19 @@ class BackendType:
         }
 
     def max_usages(self, settings: dict[str, Any]) -> int:
+        if "over_queue" in settings:
+            return 1 + int(settings["over_queue"])
         return int(settings.get("max_usages", 1))
+
+    # -- remote (not self-starting) types ----------------------------------------------------------
+
+    def health_url(self, settings: dict[str, Any]) -> str:
+        """For a remote type: the URL whose 2xx answer means the backend is up."""
+        raise NotImplementedError
+
+    def free_url(self, settings: dict[str, Any]) -> str:
+        """For a remote type: where FreeBackendMemory POSTs (empty: not supported)."""
+        return ""
 
     def requested_port(self, settings: dict[str, Any]) -> int:
         """The fixed port to use, or 0 to pick a free one at each start."""
@@ -187,6 +204,32 @@ def check_free_memory(value: str) -> str:
     if text.startswith("signal:"):
         return "signal:" + signal_name(text[7:])
     raise SettingError(f"expected empty, http://... or signal:NAME, got {value!r}")
+
+
+def gpu_env(gpu_id: str) -> dict[str, str]:
+    """The environment that pins a child to the GPUs named by `gpu_id` (empty: not pinned).
+
+    CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA number GPUs the way nvidia-smi does (SwarmUI #956).
+    """
+    text = str(gpu_id).strip()
+    if not text:
+        return {}
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": text}
+
+
+def check_gpu_id(value: str) -> str:
+    text = str(value).strip().replace(" ", "")
+    if text in ("", "auto"):
+        return text
+    parts = text.split(",")
+    if any(not part for part in parts):
+        raise SettingError(f"expected a GPU index, list (0,1), UUID or auto, got {value!r}")
+    if len(set(parts)) != len(parts):
+        raise SettingError(f"GPU {next(p for p in parts if parts.count(p) > 1)!r} is listed twice")
+    for part in parts:
+        if not (part.isdigit() or part.startswith(("GPU-", "MIG-"))):
+            raise SettingError(f"expected a GPU index, list (0,1), UUID or auto, got {value!r}")
+    return text
 
 
 def restart_settings(*, ready_timeout: float, restart_default: str = "on-failure") -> tuple[SettingSpec, ...]:

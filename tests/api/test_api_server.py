@@ -287,3 +287,15 @@ async def test_group_rule_uses_the_callers_groups(directory: str) -> None:
         assert status == 0 and set(answer) == {"0", "1"}
         status, answer, _ = await as_nobody(sock, "disable", "0")
         assert status == 1 and answer["error_id"] == "bad_permissions"
+
+
+async def test_gpu_and_daemon_status_hooks(directory: str) -> None:
+    async def gpus() -> dict[str, Any]:
+        return {"0": {"id": 0, "name": "Fake GPU", "temperature": 40, "utilization_gpu": 0, "utilization_memory": 0,
+                      "total_memory": 1 << 30, "free_memory": 1 << 29, "used_memory": 1 << 29}}
+
+    async with serving(directory, gpu_info=gpus, daemon_status=lambda: {"reload": "idle"}) as (_, sock):
+        info = await call(sock, "GetServerResourceInfo")
+        assert info["gpus"]["0"]["name"] == "Fake GPU" and "cpu" in info and "system_ram" in info
+        status = await call(sock, "GetDaemonStatus")
+        assert status["reload"] == "idle" and status["file_problem"] is None

@@ -65,7 +65,7 @@ def test_three_mistakes_three_located_errors():
         "(YAML 1.2 reads it as a string: write true or false)",
         "backends.yaml:8:7: settings.port: expected an integer, got 'abc'",
         "backends.yaml:12:7: settings.colour: unknown setting for type 'process' (known: command, cwd, env, "
-        "port, ready_check, restart, restart_delay, restart_delay_max, start_limit_burst, "
+        "gpu_id, port, ready_check, restart, restart_delay, restart_delay_max, start_limit_burst, "
         "start_limit_interval, stable_after, ready_timeout, stop_signal, stop_timeout, free_memory, "
         "max_usages)",
     ]

@@ -1,0 +1,136 @@
+"""The ComfyUI types: a self-started ComfyUI (SwarmUI's `comfyui_selfstart`) and one reached by URL
+(`comfyui_api`)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+from typing import Any
+
+from swarmd.settings import SettingError, SettingSpec
+from swarmd.types.base import (
+    BackendType,
+    LaunchFailed,
+    LaunchRefused,
+    LaunchSpec,
+    RestartConfig,
+    check_gpu_id,
+    gpu_env,
+    restart_settings,
+)
+
+#: ComfyUI loads models at start: minutes, not seconds.
+COMFY_READY_TIMEOUT = 600.0
+
+
+def check_start_script(value: str) -> str:
+    text = value.strip()
+    if text and os.path.basename(text) != "main.py":
+        raise SettingError(f"expected the path of ComfyUI's main.py, got {value!r}")
+    return text
+
+
+def check_address(value: str) -> str:
+    text = value.strip().rstrip("/")
+    if text and not text.startswith("http://"):
+        raise SettingError(f"expected an http:// address, got {value!r}")
+    return text
+
+
+def check_extra_args(value: str) -> str:
+    try:
+        shlex.split(value)
+    except ValueError as err:
+        raise SettingError(f"cannot split the arguments: {err}") from None
+    return value
+
+
+class ComfyUISelfStart(BackendType):
+    id = "comfyui_selfstart"
+    name = "ComfyUI Self-Starting"
+    description = "Runs a local ComfyUI (its main.py) as a supervised process pinned to its GPUs."
+    is_standard = True
+    can_load_models = True
+    features = ("comfyui",)
+    settings = (
+        SettingSpec("start_script", "text", "", "Path to ComfyUI's main.py. Empty: the backend stays "
+                    "disabled.", placeholder="/srv/ComfyUI/main.py", check=check_start_script),
+        SettingSpec("python", "text", "", "Python interpreter. Empty: <script dir>/venv/bin/python3 if it "
+                    "exists, else python3.", placeholder="/srv/ComfyUI/venv/bin/python3"),
+        SettingSpec("extra_args", "text", "", "Extra arguments for main.py (split like a shell would).",
+                    placeholder="--preview-method auto", check=check_extra_args),
+        SettingSpec("gpu_id", "text", "0", "GPUs to pin it to: an index (0), a list (0,1), a GPU or MIG "
+                    "UUID, or auto.", placeholder="0", check=check_gpu_id),
+        SettingSpec("port", "integer", 0, "Port (0: a free port at each start).", minimum=0,
+                    maximum=65535),
+        SettingSpec("over_queue", "integer", 1, "Extra generations queued on it at once "
+                    "(max_usages = 1 + over_queue).", minimum=0),
+        SettingSpec("auto_restart", "boolean", True, "Restart it when it exits unexpectedly (by the restart "
+                    "setting's policy); false: never."),
+        *restart_settings(ready_timeout=COMFY_READY_TIMEOUT),
+    )
+
+    def restart_config(self, settings: dict[str, Any]) -> RestartConfig:
+        config = super().restart_config(settings)
+        if not settings["auto_restart"]:
+            return RestartConfig(**{**config.__dict__, "restart": "never"})
+        return config
+
+    def free_body(self, system_ram: bool) -> dict[str, Any]:
+        return {"unload_models": True, "free_memory": system_ram}
+
+    def launch(self, settings: dict[str, Any], port: int) -> LaunchSpec:
+        script = settings["start_script"].strip()
+        if not script:
+            raise LaunchRefused("No start_script set: point it at ComfyUI's main.py to start it.")
+        script = os.path.abspath(os.path.expanduser(script))
+        if not os.path.isfile(script):
+            raise LaunchFailed(f"start_script {script!r} does not exist")
+        directory = os.path.dirname(script)
+        python = settings["python"].strip()
+        if not python:
+            venv = os.path.join(directory, "venv", "bin", "python3")
+            python = venv if os.access(venv, os.X_OK) else "python3"
+        argv = (python, "-s", os.path.basename(script), *shlex.split(settings["extra_args"]),
+                "--listen", "127.0.0.1", "--port", str(port))
+        env = {"PYTHONUNBUFFERED": "1", "PYTHONUTF8": "1", **gpu_env(settings["gpu_id"])}
+        return LaunchSpec(
+            argv=argv, cwd=directory, env=env, unset_env=("PYTHONHOME", "PYTHONPATH"), port=port,
+            ready_check=f"http://127.0.0.1:{port}/system_stats",
+            ready_timeout=settings["ready_timeout"],
+            stop_signal=signal.Signals[settings["stop_signal"]], stop_timeout=settings["stop_timeout"],
+            free_memory=f"http://127.0.0.1:{port}/free",
+        )
+
+
+class ComfyUIAPI(BackendType):
+    id = "comfyui_api"
+    name = "ComfyUI API By URL"
+    description = "A ComfyUI that runs elsewhere, reached by its address and health-checked."
+    is_standard = False
+    self_starting = False
+    can_load_models = True
+    features = ("comfyui",)
+    settings = (
+        SettingSpec("address", "text", "", "Its address, e.g. http://127.0.0.1:8188. Empty: disabled.",
+                    placeholder="http://127.0.0.1:8188", check=check_address),
+        SettingSpec("allow_idle", "boolean", False, "Show it as idle rather than errored while it is "
+                    "unreachable."),
+        SettingSpec("over_queue", "integer", 1, "Extra generations queued on it at once.", minimum=0),
+        SettingSpec("check_interval", "decimal", 5.0, "Seconds between health checks.", minimum=0.05),
+    )
+
+    def restart_config(self, settings: dict[str, Any]) -> RestartConfig:
+        return RestartConfig()
+
+    def health_url(self, settings: dict[str, Any]) -> str:
+        address = settings["address"]
+        return f"{address}/system_stats" if address else ""
+
+    def free_url(self, settings: dict[str, Any]) -> str:
+        address = settings["address"]
+        return f"{address}/free" if address else ""
+
+    def free_body(self, system_ram: bool) -> dict[str, Any]:
+        return {"unload_models": True, "free_memory": system_ram}
