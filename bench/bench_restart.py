@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 
@@ -20,18 +21,20 @@ def run(settings: Settings) -> Result:
         Goal("restart", "n=1000", 5.0, "restart under 5 ms (1000 children)"),
     ]
     result.notes.append("swarmd restart_delay 0; supervisord autorestart, startsecs=0; circus respawn, "
-                        "default check_delay (5 s); one kill at a time, a different child each time")
+                        "default check_delay (5 s); one kill at a time, a different child each time, each kill at a random "
+                        "moment of the peer's poll period (supervisord 1 s, circus 5 s)")
     for count in settings.sizes([10, 1000], [10]):
         for cls in settings.systems:
             with guarded(result.notes, f"restart {cls.name} n={count}"), running(cls, count, settings) as (
                 system, _spawn,
             ):
                 time.sleep(1.0)
-                reps = budgeted(*((10, 5, 15.0) if settings.quick else (60, 10, 45.0)))
+                reps = budgeted(*((10, 5, 15.0) if settings.quick else (60, 12, 45.0)))
                 for index in reps:
                     label = f"c{(index * 7919) % count}"
                     before = system.stamps.latest(label)
                     assert before is not None
+                    time.sleep(random.uniform(0, cls.poll_period))
                     mark = system.stamps.mark()
                     start = time.time()
                     os.kill(before.pid, signal.SIGKILL)

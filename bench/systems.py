@@ -38,6 +38,9 @@ class System:
     """One supervisor under test, with its own run directory."""
 
     name: ClassVar[str] = ""
+    #: How often the daemon polls for dead children (0: it does not poll). The restart benchmark spreads
+    #: its kills at random over this period, so that their phase against the poll does not bias the figure.
+    poll_period: ClassVar[float] = 0.0
 
     def __init__(self, root: Path) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=root))
@@ -206,6 +209,7 @@ class Supervisord(System):
     """supervisord 4: one ini file, XML-RPC over its unix socket, `update` applied in-process."""
 
     name = "supervisord"
+    poll_period = 1.0  # its main loop wakes at least once a second
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -268,6 +272,7 @@ class Circus(System):
     """circus 0.19: one ini file, the circus client over ZeroMQ ipc, `reloadconfig` in-process."""
 
     name = "circus"
+    poll_period = 5.0  # respawns happen in manage_watchers, every check_delay (5 s by default)
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)

@@ -1,13 +1,18 @@
-"""`swarmd serve` and `swarmd check`."""
+"""`swarmd serve` and `swarmd check`.
+
+Both read the daemon config file (`--config`, default /etc/swarmd/swarmd.yaml when it exists; see
+swarmd.config); flags given on the command line win over it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 
 import trio
 
-from swarmd import __version__, backends_file, logs
+from swarmd import __version__, backends_file, config, logs
 from swarmd.backends_file import FileInvalid
 
 
@@ -15,12 +20,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swarmd", description="Supervisor daemon for GPU inference backends.")
     parser.add_argument("--version", action="version", version=f"swarmd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    config_help = (f"the daemon config file (default: {config.DEFAULT_CONFIG} when it exists; "
+                   "a file named here must exist)")
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
-    serve.add_argument("--backends", required=True, help="the backends YAML file")
-    serve.add_argument("--socket", required=True, help="path of the API's unix socket")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    check = sub.add_parser("check", help="validate a backends file; print one line per problem")
-    check.add_argument("--backends", required=True, help="the backends YAML file")
+    serve.add_argument("--config", help=config_help)
+    serve.add_argument("--backends", help=f"the backends YAML file (default: the config's backends:, "
+                                          f"else {config.DEFAULT_BACKENDS})")
+    serve.add_argument("--socket", help="path of the API's unix socket (default: the config's socket.path, "
+                                        f"else $RUNTIME_DIRECTORY/{config.SOCKET_NAME} under systemd, "
+                                        f"else {config.DEFAULT_SOCKET})")
+    serve.add_argument("--log-level", choices=config.LOG_LEVELS, help="default: the config's log_level, else info")
+    check = sub.add_parser("check", help="validate the config file and a backends file; print one line per problem")
+    check.add_argument("--config", help=config_help)
+    check.add_argument("--backends", help="the backends YAML file (default: the config's backends:)")
     return parser
 
 
@@ -42,25 +54,79 @@ def check(path: str) -> int:
     return 0
 
 
-def serve(args: argparse.Namespace) -> int:
-    from swarmd.daemon import DaemonOptions, run_daemon
-
-    logs.setup(args.log_level)
-    options = DaemonOptions(backends=args.backends, socket=args.socket)
+def _resolve(args: argparse.Namespace) -> config.DaemonConfig | None:
+    """The settings from flags, config file and defaults; None (problems printed) when the config is bad."""
     try:
-        return trio.run(run_daemon, options)
-    except FileInvalid as err:
+        return config.resolve(config=args.config, backends=args.backends,
+                              socket=getattr(args, "socket", None), log_level=getattr(args, "log_level", None))
+    except config.ConfigInvalid as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
-        print(f"swarmd: {args.backends} is invalid; nothing was started", file=sys.stderr)
+        return None
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the daemon. 0 after a clean stop; 1 when the config, the backends file or the socket is unusable."""
+    from swarmd.api.access import DEFAULT_SOCKET_MODE
+    from swarmd.daemon import DaemonOptions, run_daemon
+
+    settings = _resolve(args)
+    if settings is None:
+        print(f"swarmd: {args.config or config.DEFAULT_CONFIG} is invalid; nothing was started", file=sys.stderr)
         return 1
-    except OSError as err:
-        print(f"swarmd: {err}", file=sys.stderr)
+    logs.setup(settings.log_level)
+    options = DaemonOptions(
+        backends=settings.backends, socket=settings.socket,
+        socket_mode=settings.socket_mode if settings.socket_mode is not None else DEFAULT_SOCKET_MODE,
+        socket_group=settings.socket_group, access=settings.access, config_path=settings.config_path)
+    startup_errors = _startup_errors()
+    try:
+        return trio.run(run_daemon, options)
+    except BaseExceptionGroup as group:
+        # trio's nurseries wrap a startup error in an ExceptionGroup; report it like a bare one.
+        leaves = list(_leaves(group))
+        if not all(isinstance(leaf, startup_errors) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            _report_startup_error(leaf, settings.backends)
+        return 1
+    except startup_errors as err:
+        _report_startup_error(err, settings.backends)
         return 1
 
+
+def _startup_errors() -> tuple[type[BaseException], ...]:
+    """What the daemon raises when it cannot start (imported late: `swarmd check` needs no web server)."""
+    from swarmd.api.server import SocketInUse
+    from swarmd.systemd import ActivationError
+
+    return (FileInvalid, OSError, SocketInUse, ValueError, ActivationError)
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+def _report_startup_error(err: BaseException, backends: str) -> None:
+    """Print why the daemon could not start: every located problem of a bad backends file, or one line."""
+    if isinstance(err, FileInvalid):
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        print(f"swarmd: {backends} is invalid; nothing was started", file=sys.stderr)
+    else:
+        print(f"swarmd: {err}", file=sys.stderr)
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
-        return check(args.backends)
+        settings = _resolve(args)
+        if settings is None:
+            return 1
+        if settings.config_path is not None:
+            print(f"{settings.config_path}: ok")
+        return check(settings.backends)
     return serve(args)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from swarmd import backends_file
+from swarmd import backends_file, gpu
 from swarmd.backends_file import BackendDef, BackendsFile, Editor, FileInvalid
 from swarmd.settings import SECRET_MASK, SettingError
 from swarmd.supervise.output import OutputRing
@@ -56,7 +56,6 @@ class Backend:
         self.ring = OutputRing()
         self.modcount = 0
         self.supervisor: Supervisor | RemoteMonitor | None = None
-        self.gpus: list[dict[str, Any]] = []  # filled by the GPU layer (resolved pins)
         self.last_free: dict[str, Any] | None = None
 
     @property
@@ -90,6 +89,17 @@ class Backend:
     def label(self) -> str:
         return f"backend-{self.id}"
 
+    @property
+    def gpus(self) -> list[dict[str, Any]]:
+        """The GPUs of its current start (resolved pin), as ListBackends shows them."""
+        return self.runtime.pin.describe() if self.runtime.pid is not None else []
+
+    def gpu_memory(self) -> int | None:
+        """GPU memory held by its process group now (bytes); None without NVML or without a process."""
+        if self.runtime.pid is None or not gpu.inventory().available:
+            return None
+        return gpu.memory_by_group().get(self.runtime.pid, 0)
+
     def to_api(self, full_data: bool = False) -> dict[str, Any]:
         """The SwarmUI backend object; `full_data` adds the current model and swarmd's runtime facts."""
         settings = {}
@@ -120,6 +130,7 @@ class Backend:
                 "last_exit": runtime.last_exit.to_api() if runtime.last_exit else None,
                 "status_message": runtime.status_message,
                 "gpus": self.gpus,
+                "gpu_memory": self.gpu_memory(),
                 "last_free": self.last_free,
             })
         return data
@@ -314,8 +325,15 @@ class Fleet:
 
         async def free(backend: Backend) -> None:
             assert backend.supervisor is not None
+            gpu.forget_cache()
+            before = backend.gpu_memory()
             ok = await backend.supervisor.free_memory(system_ram)
-            backend.last_free = {"time": time.time(), "system_ram": system_ram, "ok": ok}
+            after = await _memory_after_free(backend, before) if ok else before
+            backend.last_free = {"time": time.time(), "system_ram": system_ram, "ok": ok,
+                                 "gpu_memory_before": before, "gpu_memory_after": after}
+            if before is not None:
+                log.info("free memory: %s %s, GPU memory %s -> %s", backend.label(),
+                         "freed" if ok else "failed", _mib(before), _mib(after))
             results.append(ok)
 
         async with trio.open_nursery() as nursery:
@@ -491,6 +509,19 @@ class Fleet:
                  len(actions) + len(renames))
         self.on_change()
 
+    def _place_gpus(self, backend: Backend, gpu_id: str) -> gpu.Pin:
+        """The pin for one start: explicit pins resolved; `auto` placed among the GPUs with the fewest
+        backends now (this one's previous GPU not counted). Raises PinError."""
+        if str(gpu_id).strip() != "auto":
+            return gpu.resolve(gpu_id)
+        counts: dict[str, int] = {}
+        for other in self._backends.values():
+            if other is backend or other.runtime.pid is None:
+                continue
+            for device in other.runtime.pin.gpus:
+                counts[device.uuid] = counts.get(device.uuid, 0) + 1
+        return gpu.place_auto(counts)
+
     async def _start_backend(self, backend: Backend) -> None:
         """Start a supervisor for an enabled, self-starting backend (no-op otherwise)."""
         if not backend.enabled:
@@ -503,7 +534,8 @@ class Fleet:
         if backend.type.self_starting:
             supervisor = Supervisor(label=backend.label, backend_type=backend.type,
                                     settings=backend.settings, runtime=backend.runtime, ring=backend.ring,
-                                    guardian=self._guardian, on_change=self.on_change)
+                                    guardian=self._guardian, on_change=self.on_change,
+                                    place_gpus=lambda gpu_id: self._place_gpus(backend, gpu_id))
         else:
             supervisor = RemoteMonitor(label=backend.label, backend_type=backend.type,
                                        settings=backend.settings, runtime=backend.runtime,
@@ -528,6 +560,26 @@ class Fleet:
             await backend.supervisor.restart()
         elif backend.enabled:
             await self._start_backend(backend)
+
+
+async def _memory_after_free(backend: Backend, before: int | None) -> int | None:
+    """GPU memory after a free call. Backends free asynchronously (ComfyUI unloads on its next loop), so
+    wait up to two seconds for the figure to drop before recording it."""
+    if before is None:
+        return None
+    after = before
+    with trio.move_on_after(2.0):
+        while True:
+            gpu.forget_cache()
+            after = await trio.to_thread.run_sync(backend.gpu_memory) or 0
+            if after < before:
+                break
+            await trio.sleep(0.1)
+    return after
+
+
+def _mib(value: int | None) -> str:
+    return "?" if value is None else f"{value / 2**20:.0f} MiB"
 
 
 def _replace(definition: BackendDef, **changes: Any) -> BackendDef:

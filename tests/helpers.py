@@ -146,3 +146,15 @@ def wait_socket(socket_path, timeout: float = 15.0) -> None:
             return False
 
     wait_until(connects, timeout, what=f"{socket_path} accepting connections")
+
+
+def status(fleet, backend_id: int) -> str:
+    backend = fleet.get(backend_id)
+    return backend.status if backend else "gone"
+
+
+async def running(fleet, backend_id: int) -> int:
+    await eventually(lambda: status(fleet, backend_id) == "running", what=f"backend {backend_id} running")
+    pid = fleet.get(backend_id).runtime.pid
+    assert pid is not None
+    return pid

@@ -15,6 +15,7 @@ else; the Fleet owns the backend's definition and reads the runtime. Stops the d
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -26,6 +27,8 @@ from typing import Any
 
 import trio
 
+from swarmd import gpu
+from swarmd.gpu import Pin
 from swarmd.httpclient import HttpError, request
 from swarmd.supervise.output import OutputRing
 from swarmd.supervise.policy import Decision, Exit, RestartPolicy
@@ -59,6 +62,7 @@ class Runtime:
     restarts: int = 0
     starts: int = 0
     last_exit: ExitInfo | None = None
+    pin: Pin = field(default_factory=Pin)  # the GPUs of the current (or last) start
     started_at: float | None = None  # wall clock
     ready_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +83,8 @@ class Supervisor:
 
     def __init__(self, *, label: Callable[[], str], backend_type: BackendType, settings: dict[str, Any],
                  runtime: Runtime, ring: OutputRing, guardian: Guardian | None,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None,
+                 place_gpus: Callable[[str], Pin] = gpu.resolve) -> None:
         self._label = label
         self.type = backend_type
         self.settings = settings
@@ -87,6 +92,7 @@ class Supervisor:
         self.ring = ring
         self._guardian = guardian
         self._on_change = on_change
+        self._place_gpus = place_gpus
         self.policy = RestartPolicy(backend_type.restart_config(settings))
         self.child: Child | None = None
         self.spec: LaunchSpec | None = None
@@ -196,6 +202,14 @@ class Supervisor:
             return Decision(False, status="disabled", message=str(err))
         except LaunchFailed as err:
             return Decision(False, status="errored", message=str(err))
+        if "gpu_id" in self.settings:
+            try:
+                pin = self._place_gpus(self.settings["gpu_id"])
+            except gpu.PinError as err:
+                return Decision(False, status="errored", message=f"cannot pin GPUs: {err}")
+            self.runtime.pin = pin
+            rocr = bool(self.settings.get("rocr_visible_devices"))
+            spec = dataclasses.replace(spec, env={**spec.env, **pin.env(rocr)})
         self.spec = spec
         self._ready_failure = None
         self._restart_requested = False

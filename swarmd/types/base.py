@@ -12,6 +12,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarmd import gpu
 from swarmd.settings import SettingError, SettingSpec
 
 
@@ -206,30 +207,23 @@ def check_free_memory(value: str) -> str:
     raise SettingError(f"expected empty, http://... or signal:NAME, got {value!r}")
 
 
-def gpu_env(gpu_id: str) -> dict[str, str]:
-    """The environment that pins a child to the GPUs named by `gpu_id` (empty: not pinned).
-
-    CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA number GPUs the way nvidia-smi does (SwarmUI #956).
-    """
-    text = str(gpu_id).strip()
-    if not text:
-        return {}
-    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": text}
-
-
 def check_gpu_id(value: str) -> str:
-    text = str(value).strip().replace(" ", "")
-    if text in ("", "auto"):
-        return text
-    parts = text.split(",")
-    if any(not part for part in parts):
-        raise SettingError(f"expected a GPU index, list (0,1), UUID or auto, got {value!r}")
-    if len(set(parts)) != len(parts):
-        raise SettingError(f"GPU {next(p for p in parts if parts.count(p) > 1)!r} is listed twice")
-    for part in parts:
-        if not (part.isdigit() or part.startswith(("GPU-", "MIG-"))):
-            raise SettingError(f"expected a GPU index, list (0,1), UUID or auto, got {value!r}")
-    return text
+    """The gpu_id setting: syntax always; that the GPUs exist when NVML can see the machine."""
+    try:
+        return gpu.validate(value)
+    except gpu.PinError as err:
+        raise SettingError(str(err)) from None
+
+
+def gpu_settings(default: str) -> tuple[SettingSpec, ...]:
+    """The GPU pin settings of self-starting types."""
+    return (
+        SettingSpec("gpu_id", "text", default, "GPUs to pin it to, as nvidia-smi numbers them: an index (0), "
+                    "a list (0,1), a GPU UUID or unique prefix, a MIG UUID, or auto (the least used GPU at "
+                    "each start). Empty: not pinned.", placeholder="0", check=check_gpu_id),
+        SettingSpec("rocr_visible_devices", "boolean", False, "Also set ROCR_VISIBLE_DEVICES to the pin "
+                    "(AMD ROCm)."),
+    )
 
 
 def restart_settings(*, ready_timeout: float, restart_default: str = "on-failure") -> tuple[SettingSpec, ...]:

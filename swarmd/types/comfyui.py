@@ -15,8 +15,7 @@ from swarmd.types.base import (
     LaunchRefused,
     LaunchSpec,
     RestartConfig,
-    check_gpu_id,
-    gpu_env,
+    gpu_settings,
     restart_settings,
 )
 
@@ -60,8 +59,7 @@ class ComfyUISelfStart(BackendType):
                     "exists, else python3.", placeholder="/srv/ComfyUI/venv/bin/python3"),
         SettingSpec("extra_args", "text", "", "Extra arguments for main.py (split like a shell would).",
                     placeholder="--preview-method auto", check=check_extra_args),
-        SettingSpec("gpu_id", "text", "0", "GPUs to pin it to: an index (0), a list (0,1), a GPU or MIG "
-                    "UUID, or auto.", placeholder="0", check=check_gpu_id),
+        *gpu_settings(default="0"),
         SettingSpec("port", "integer", 0, "Port (0: a free port at each start).", minimum=0,
                     maximum=65535),
         SettingSpec("over_queue", "integer", 1, "Extra generations queued on it at once "
@@ -94,7 +92,7 @@ class ComfyUISelfStart(BackendType):
             python = venv if os.access(venv, os.X_OK) else "python3"
         argv = (python, "-s", os.path.basename(script), *shlex.split(settings["extra_args"]),
                 "--listen", "127.0.0.1", "--port", str(port))
-        env = {"PYTHONUNBUFFERED": "1", "PYTHONUTF8": "1", **gpu_env(settings["gpu_id"])}
+        env = {"PYTHONUNBUFFERED": "1", "PYTHONUTF8": "1"}
         return LaunchSpec(
             argv=argv, cwd=directory, env=env, unset_env=("PYTHONHOME", "PYTHONPATH"), port=port,
             ready_check=f"http://127.0.0.1:{port}/system_stats",

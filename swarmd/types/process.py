@@ -14,9 +14,8 @@ from swarmd.types.base import (
     check_command,
     check_env,
     check_free_memory,
-    check_gpu_id,
     check_ready_check,
-    gpu_env,
+    gpu_settings,
     parse_env,
     restart_settings,
 )
@@ -40,9 +39,7 @@ class ProcessType(BackendType):
         SettingSpec("cwd", "text", "", "Working directory (empty: the daemon's).", placeholder="/srv/app"),
         SettingSpec("env", "text", "", "Extra environment, KEY=VALUE per line (or a mapping in the file).",
                     placeholder="KEY=VALUE", mapping_ok=True, check=check_env),
-        SettingSpec("gpu_id", "text", "", "GPUs to pin it to: an index (0), a list (0,1), a GPU or MIG UUID, "
-                    "or auto. Empty: not pinned (environment untouched).", placeholder="0",
-                    check=check_gpu_id),
+        *gpu_settings(default=""),
         SettingSpec("port", "integer", 0, "TCP port (0: a free port is picked at each start). Exported as "
                     "PORT.", minimum=0, maximum=65535),
         SettingSpec("ready_check", "text", "none", "How to know it is ready: none, tcp (connect to the "
@@ -62,7 +59,6 @@ class ProcessType(BackendType):
             raise LaunchRefused("No command set: edit the backend's 'command' setting to start it.")
         argv = tuple(fill_port(part, port) for part in shlex.split(command))
         env = parse_env(settings["env"])
-        env.update(gpu_env(settings["gpu_id"]))
         if port:
             env.setdefault("PORT", str(port))
         return LaunchSpec(

@@ -11,8 +11,7 @@ import pytest
 import trio
 
 from swarmd.fleet import FleetError
-from tests.engine.conftest import running, status
-from tests.helpers import eventually, pids_with
+from tests.helpers import eventually, pids_with, running, status
 
 SLEEPER = f"{sys.executable} -c 'import time; time.sleep(600)'"
 

@@ -16,8 +16,7 @@ import pytest
 import trio
 
 from swarmd.supervise.output import RING_LINES
-from tests.engine.conftest import running, status
-from tests.helpers import eventually
+from tests.helpers import eventually, running, status
 
 PY = sys.executable
 FAKE_COMFY = Path(__file__).resolve().parents[1] / "fake_comfyui" / "main.py"

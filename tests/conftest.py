@@ -1,4 +1,4 @@
-"""Fixtures for engine tests: a Fleet in this test's trio run, with the real guardian and real children."""
+"""Shared fixtures: `make_fleet` runs a Fleet in the test's trio run, with the real guardian and real children."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import trio
 
 from swarmd.fleet import Fleet
 from swarmd.supervise.process import Guardian
-from tests.helpers import backend_yaml, eventually
+from tests.helpers import backend_yaml
 
 
 @pytest.fixture
@@ -29,17 +29,5 @@ async def make_fleet(nursery, tmp_path):
         with trio.fail_after(20):
             await fleet.shutdown()
     guardian.close()
-
-
-def status(fleet: Fleet, backend_id: int) -> str:
-    backend = fleet.get(backend_id)
-    return backend.status if backend else "gone"
-
-
-async def running(fleet: Fleet, backend_id: int) -> int:
-    await eventually(lambda: status(fleet, backend_id) == "running", what=f"backend {backend_id} running")
-    pid = fleet.get(backend_id).runtime.pid
-    assert pid is not None
-    return pid
 
 
