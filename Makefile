@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check swarmd tests
+	$(BIN)/ruff check swarmd tests scripts bench
 
 check: $(STAMP)
 	$(BIN)/swarmd check --backends etc/swarmd/backends.yaml
