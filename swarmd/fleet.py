@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import trio
@@ -148,6 +149,9 @@ class Fleet:
         self._lock = trio.Lock()
         self._backends: dict[int, Backend] = {}
         self._file: BackendsFile | None = None
+        #: The round-trip document of `_file.text`, kept to edit without parsing again; None when it may
+        #: have been changed by an edit that did not land.
+        self._document: backends_file.Document | None = None
         self._next_id = 0
         #: The problem of the file on disk while it is invalid (the running fleet is the last good one).
         self.file_problem: str | None = None
@@ -176,9 +180,9 @@ class Fleet:
 
     async def start(self) -> None:
         """Read the file and start every enabled backend (in parallel). Raises FileInvalid or OSError."""
-        loaded = backends_file.read(self.path)
+        loaded, document = await trio.to_thread.run_sync(backends_file.read_document, self.path)
         async with self._lock:
-            self._file = loaded
+            self._file, self._document = loaded, document
             for definition in loaded.backends.values():
                 self._backends[definition.id] = self._new_backend(definition)
                 self._next_id = max(self._next_id, definition.id + 1)
@@ -216,11 +220,14 @@ class Fleet:
             definition = BackendDef(new_id, type_id, title if title is not None else backend_type.name,
                                     True, values)
 
+            # The file gets the settings that differ from the defaults: a new entry stays a few lines.
+            written = {k: v for k, v in values.items() if v != backend_type.spec(k).default}
+
             def edit(editor: Editor) -> None:
                 editor.set_backend(new_id, type_id=type_id, title=definition.title, enabled=True,
-                                   settings=values)
+                                   settings=written)
 
-            await self._write(edit)
+            await self._write(edit, {**self._file_backends(), new_id: definition})
             self._next_id = new_id + 1
             backend = self._new_backend(definition)
             self._backends[new_id] = backend
@@ -259,7 +266,9 @@ class Fleet:
                     editor.rename_backend(backend_id, target_id)
                 editor.set_backend(target_id, title=definition.title, settings=changed_settings)
 
-            await self._write(edit)
+            defs = self._file_backends()
+            del defs[backend_id]
+            await self._write(edit, {**defs, target_id: definition})
             if target_id != backend_id:
                 del self._backends[backend_id]
                 self._backends[target_id] = backend
@@ -281,7 +290,9 @@ class Fleet:
             backend = self._backends.get(backend_id)
             if backend is None:
                 return False
-            await self._write(lambda editor: editor.delete_backend(backend_id))
+            defs = self._file_backends()
+            del defs[backend_id]
+            await self._write(lambda editor: editor.delete_backend(backend_id), defs)
             del self._backends[backend_id]
             await self._stop_backend(backend, "disabled", "Deleted")
             log.info("deleted backend-%d", backend_id)
@@ -297,8 +308,10 @@ class Fleet:
                 raise FleetError(f"Invalid backend ID {backend_id}")
             if backend.enabled == enabled:
                 return False
-            await self._write(lambda editor: editor.set_backend(backend_id, enabled=enabled))
-            backend.definition = _replace(backend.definition, enabled=enabled)
+            definition = _replace(backend.definition, enabled=enabled)
+            await self._write(lambda editor: editor.set_backend(backend_id, enabled=enabled),
+                              {**self._file_backends(), backend_id: definition})
+            backend.definition = definition
             if enabled:
                 await self._start_backend(backend)
             else:
@@ -401,25 +414,31 @@ class Fleet:
             raise FleetError(f"{self.path} kept changing on disk while applying the change; nothing was "
                              "changed. Try again.")
 
-    async def _write(self, change: Callable[[Editor], None]) -> None:
-        """Edit the last text read, check the result, write it atomically. Raises FleetError; on any
-        failure the file and the fleet are as they were."""
+    def _file_backends(self) -> dict[int, BackendDef]:
         assert self._file is not None
-        editor = Editor(self.path, self._file.text)
+        return dict(self._file.backends)
+
+    async def _write(self, change: Callable[[Editor], None], backends: dict[int, BackendDef]) -> None:
+        """Edit the last text read, write it atomically (compare-and-swap against that text).
+
+        `backends` are the definitions the new text declares (the mutation validated them). Raises
+        FleetError, or backends_file.Conflict when the file changed on disk meanwhile; on any failure
+        the file and the fleet are as they were.
+        """
+        assert self._file is not None
+        document, self._document = self._document, None  # edited in place: stale if the write fails
+        editor = Editor(self.path, self._file.text, document)
         change(editor)
         text = editor.render()
-        try:
-            checked = backends_file.parse(self.path, text.encode(), self.types)
-        except FileInvalid as err:  # a bug of ours: never write a file we could not read back
-            log.error("refusing to write an invalid backends file:\n%s", err)
-            raise FleetError(f"Internal error: the change would make {self.path} invalid: "
-                             f"{err.problems[0]}") from None
+        data = text.encode()
         try:
             await trio.to_thread.run_sync(backends_file.atomic_write, self.path, text, self._file.digest)
         except OSError as err:
             reason = err.strerror or str(err)
             raise FleetError(f"Could not write {self.path}: {reason}. Nothing was changed.") from None
-        self._file = checked
+        self._file = BackendsFile(self.path, text, backends_file.digest_of(data),
+                                  MappingProxyType(dict(sorted(backends.items()))))
+        self._document = editor.document
 
     async def _sync_with_disk(self, refuse_invalid: bool = True) -> bool:
         """Make the fleet match the file on disk when it changed since we last read or wrote it.
@@ -443,7 +462,8 @@ class Fleet:
                 self.file_problem = None
             return False
         try:
-            loaded = backends_file.parse(self.path, data, self.types)
+            loaded, document = await trio.to_thread.run_sync(backends_file.parse_document, self.path, data,
+                                                            self.types)
         except FileInvalid as err:
             first = str(err.problems[0])
             more = f" (and {len(err.problems) - 1} more)" if len(err.problems) > 1 else ""
@@ -456,6 +476,7 @@ class Fleet:
                 raise FleetError(f"The backends file is invalid, fix it first: {first}{more}") from None
             return False
         self.file_problem = None
+        self._document = document
         await self._apply_file(loaded)
         return True
 

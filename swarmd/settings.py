@@ -146,6 +146,9 @@ class SettingSpec:
         return self._finish(value)
 
     def _finish(self, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            # No program argument, path or environment value can hold a NUL byte (exec would refuse).
+            raise SettingError("must not contain a NUL character")
         if self.kind in ("integer", "decimal"):
             if self.minimum is not None and value < self.minimum:
                 raise SettingError(f"must be at least {_num(self.minimum)}, got {_num(value)}")

@@ -279,12 +279,16 @@ def spawn(spec: LaunchSpec, guardian: Guardian | None) -> tuple[Child, int, int]
     return Child(popen, guardian), out_r, err_r
 
 
-def describe_spawn_error(err: OSError, spec: LaunchSpec) -> str:
-    """A message a person can act on for a start that failed before exec."""
+def describe_spawn_error(err: Exception, spec: LaunchSpec) -> str:
+    """A message a person can act on for a start that failed before exec (from the error alone: the
+    daemon does not go looking at paths a setting names)."""
     program = spec.argv[0] if spec.argv else "?"
-    if isinstance(err, FileNotFoundError) and spec.cwd and not os.path.isdir(spec.cwd):
+    if not isinstance(err, OSError):
+        return f"cannot start {program!r}: {err}"
+    names_cwd = spec.cwd is not None and err.filename == spec.cwd
+    if isinstance(err, FileNotFoundError) and names_cwd:
         return f"cannot start: working directory {spec.cwd!r} does not exist"
-    if isinstance(err, NotADirectoryError) and spec.cwd:
+    if isinstance(err, NotADirectoryError) and names_cwd:
         return f"cannot start: working directory {spec.cwd!r} is not a directory"
     if isinstance(err, FileNotFoundError):
         return f"cannot start: program {program!r} not found"

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import time
+from subprocess import SubprocessError
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,7 +218,8 @@ class Supervisor:
         self.policy.record_start(now)
         try:
             child, out_fd, err_fd = spawn(spec, self._guardian)
-        except OSError as err:
+        except (OSError, ValueError, SubprocessError) as err:
+            # Whatever a setting holds, a failed start is this backend's problem, never the daemon's.
             message = describe_spawn_error(err, spec)
             self.runtime.pid = None
             return Decision(False, status="errored", message=message)

@@ -89,3 +89,10 @@ def test_process_launch_fills_port_and_refuses_empty_command():
     assert spec.argv[-1] == "1234"
     assert spec.env == {"X": "1234", "PORT": "1234"}
     assert spec.ready_check == "http://127.0.0.1:1234/"
+
+
+def test_nul_bytes_are_refused_in_every_text_setting():
+    # found by the reliability suite: a NUL in `cwd` made Popen raise ValueError inside the daemon
+    for name in ("command", "cwd", "env", "gpu_id"):
+        with pytest.raises(SettingError, match="NUL"):
+            TYPES["process"].spec(name).from_api("x\x00y")
