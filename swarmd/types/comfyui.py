@@ -15,6 +15,7 @@ from swarmd.types.base import (
     LaunchRefused,
     LaunchSpec,
     RestartConfig,
+    check_command,
     gpu_settings,
     restart_settings,
 )
@@ -37,14 +38,6 @@ def check_address(value: str) -> str:
     return text
 
 
-def check_extra_args(value: str) -> str:
-    try:
-        shlex.split(value)
-    except ValueError as err:
-        raise SettingError(f"cannot split the arguments: {err}") from None
-    return value
-
-
 class ComfyUISelfStart(BackendType):
     id = "comfyui_selfstart"
     name = "ComfyUI Self-Starting"
@@ -58,7 +51,7 @@ class ComfyUISelfStart(BackendType):
         SettingSpec("python", "text", "", "Python interpreter. Empty: <script dir>/venv/bin/python3 if it "
                     "exists, else python3.", placeholder="/srv/ComfyUI/venv/bin/python3"),
         SettingSpec("extra_args", "text", "", "Extra arguments for main.py (split like a shell would).",
-                    placeholder="--preview-method auto", check=check_extra_args),
+                    placeholder="--preview-method auto", check=check_command),
         *gpu_settings(default="0"),
         SettingSpec("port", "integer", 0, "Port (0: a free port at each start).", minimum=0,
                     maximum=65535),

@@ -208,3 +208,13 @@ def test_compare_and_swap_write_keeps_a_save_made_meanwhile(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["backends.yaml"]
     bf.atomic_write(str(path), "backends: {}\n", expect_digest=bf.digest_of(path.read_bytes()))
     assert path.read_text() == "backends: {}\n"
+
+
+def test_the_fast_loader_and_the_round_trip_loader_agree():
+    fast, document = bf.parse_document("b.yaml", COMMENTED)
+    assert document is None  # a valid file is read by the fast loader alone
+    round_trip = bf._validate("b.yaml", bf._load_doc("b.yaml", COMMENTED)[0], bf.TYPES)
+    assert round_trip == (dict(fast.backends), [])
+    # YAML 1.2 in both: 'yes' stays a string, so the error is the same either way
+    with pytest.raises(bf.FileInvalid, match="YAML 1.2 reads it as a string"):
+        bf.parse("b.yaml", COMMENTED.replace("enabled: true", "enabled: yes"))
