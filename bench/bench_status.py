@@ -6,6 +6,7 @@ import time
 
 from bench.report import Goal, Result
 from bench.session import Settings, budgeted, guarded, log, running
+from bench.systems import Swarmd
 
 NAME = "status"
 
@@ -15,7 +16,8 @@ def run(settings: Settings) -> Result:
     result.goals.append(Goal("status", "n=1000", 10.0, "status at 1000 under 10 ms"))
     result.notes.append("swarmd: POST /API/ListBackends {\"full_data\": true} over http.client on the unix "
                         "socket; supervisord: supervisor.getAllProcessInfo over XML-RPC on its unix socket; "
-                        "circus: the `status` command through CircusClient (ZeroMQ ipc); replies parsed")
+                        "circus: the `status` command through CircusClient (ZeroMQ ipc); replies parsed. "
+                        "'status {}': swarmd's ListBackends without full_data (no peer equivalent)")
     for count in settings.sizes([10, 100, 1000], [10, 100]):
         for cls in settings.systems:
             with guarded(result.notes, f"status {cls.name} n={count}"), running(cls, count, settings) as (
@@ -29,6 +31,12 @@ def run(settings: Settings) -> Result:
                     start = time.perf_counter()
                     system.status()
                     result.add("status", f"n={count}", "ms", cls.name, (time.perf_counter() - start) * 1000)
+                if isinstance(system, Swarmd):  # the short form too: {} instead of full_data
+                    for _index in budgeted(*((50, 5, 3.0) if settings.quick else (300, 15, 10.0))):
+                        start = time.perf_counter()
+                        system.status(full_data=False)
+                        result.add("status {}", f"n={count}", "ms", cls.name,
+                                   (time.perf_counter() - start) * 1000)
                 fig = result.get("status", f"n={count}", cls.name)
                 if fig is not None:
                     log(f"status {cls.name} n={count}: median {fig.median:.2f} ms over {len(fig.samples)}")

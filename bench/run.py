@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import shutil
 import signal
@@ -79,8 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     try:
         for name in names:
-            log(f"benchmark {name} ({mode})")
+            load_before = os.getloadavg()[0]
+            log(f"benchmark {name} ({mode}), load average {load_before:.2f}")
+            if load_before > 0.5:
+                log("warning: the machine is busy; other load inflates every figure")
             result = BENCHMARKS[name].run(settings)
+            result.notes.append(f"1-minute load average before/after: {load_before:.2f} / "
+                                f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
             results.append(result)
             print(report.format_table(result), flush=True)
             print(f"-> {report.write_json(result, mode)}, {report.write_chart(result)}\n", flush=True)

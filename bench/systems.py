@@ -188,10 +188,12 @@ class Swarmd(System):
         return [sys.executable, "-m", "swarmd", "serve", "--backends", str(self.config_path),
                 "--socket", self.socket]
 
-    def status(self) -> Any:
+    def status(self, full_data: bool = True) -> Any:
+        """ListBackends; `full_data` adds pid, restarts, settings (what getAllProcessInfo gives)."""
         if self._conn is None:
             self._conn = _UnixHTTPConnection(self.socket)
-        self._conn.request("POST", "/API/ListBackends", body=b'{"full_data": true}',
+        body = b'{"full_data": true}' if full_data else b"{}"
+        self._conn.request("POST", "/API/ListBackends", body=body,
                            headers={"Content-Type": "application/json"})
         response = self._conn.getresponse()
         body = response.read()

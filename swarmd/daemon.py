@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from swarmd import systemd
+from swarmd import gpu, systemd
 from swarmd.fleet import Fleet
 from swarmd.reload import watch_file
 from swarmd.supervise.process import Guardian, normalize_signals, raise_fd_limit
@@ -79,9 +79,10 @@ async def run_daemon(options: DaemonOptions) -> int:
                 stop_watching = trio.Event()
                 await nursery.start(watch_file, options.backends, fleet.reload, stop_watching)
                 where = await _start_api(nursery, fleet, options, activated)
-                await nursery.start(reporter.run)
                 reporter.sent(text := describe())
                 notifier.ready(text)
+                # Started after READY=1 so that READY=1 is the first message after the watchdog's.
+                await nursery.start(reporter.run)
                 log.info("swarmd ready: %d backends, socket %s", len(fleet.backends()), where)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
@@ -102,8 +103,11 @@ async def run_daemon(options: DaemonOptions) -> int:
                 reporter.sent(text := describe())
                 notifier.stopping(text)
                 stop_watching.set()
+                # Fleet.shutdown() detaches each supervisor from its backend before stopping it, so
+                # fleet.kill_all() alone would find nothing to kill: keep them for the escalation.
+                supervisors = [b.supervisor for b in fleet.backends() if b.supervisor is not None]
                 async with trio.open_nursery() as stopping:
-                    stopping.start_soon(_escalate_on_second_signal, signals, fleet, stopping.cancel_scope)
+                    stopping.start_soon(_escalate_on_second_signal, signals, fleet, supervisors)
                     await fleet.shutdown()
                     stopping.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
@@ -125,10 +129,13 @@ def _chain_on_change(fleet: Fleet, hook: Any) -> None:
     fleet.on_change = on_change
 
 
-async def _escalate_on_second_signal(signals: Any, fleet: Fleet, scope: trio.CancelScope) -> None:
+async def _escalate_on_second_signal(signals: Any, fleet: Fleet, supervisors: list[Any]) -> None:
+    """While the fleet stops: a second SIGTERM/SIGINT SIGKILLs every backend's group at once."""
     async for signum in signals:
         if signum in (signal.SIGTERM, signal.SIGINT):
             log.warning("%s again: killing every backend now", signal.Signals(signum).name)
+            for supervisor in supervisors:
+                supervisor.kill_now()
             fleet.kill_all()
 
 
@@ -154,6 +161,7 @@ async def _start_api(nursery: trio.Nursery, fleet: Fleet, options: DaemonOptions
     await nursery.start(
         lambda task_status=trio.TASK_STATUS_IGNORED: serve_api(
             fleet, options.socket, mode=options.socket_mode, group=options.socket_group,
-            access=options.access, daemon_status=daemon_status, task_status=task_status,
+            access=options.access, daemon_status=daemon_status, gpu_info=gpu.resource_info,
+            task_status=task_status,
             inherited_fd=inherited_fd))
     return where

@@ -194,27 +194,6 @@ def load_access_config(data: Mapping[str, Any] | None) -> AccessConfig:
     return AccessConfig(rules=rules, socket_path=socket_path, socket_mode=socket_mode, socket_group=socket_group)
 
 
-def load_access_config_file(path: str) -> AccessConfig:
-    """Read the daemon config file and parse its `socket:` and `access:` parts (see load_access_config).
-
-    Raises ValueError whose message starts with the path (unreadable file, YAML syntax, bad values).
-    """
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = YAML(typ="safe", pure=True).load(handle)
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read: {err.strerror}") from None
-    except YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    try:
-        return load_access_config(data if data is not None else {})
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-
-
 def parse_mode(value: Any, where: str = "mode") -> int:
     """A permission mode written as an octal string ("0660", "660", "0o660") -> int. Raises ValueError.
 

@@ -21,9 +21,9 @@ import os
 import signal
 import socket
 import time
-from subprocess import SubprocessError
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from subprocess import SubprocessError
 from typing import Any
 
 import trio

@@ -173,31 +173,6 @@ def test_proc_readers(tmp_path) -> None:
     assert read_cpu_times(str(tmp_path / "missing")) is None
 
 
-# -- the daemon config file ---------------------------------------------------------------------------------
-
-
-def test_load_access_config_file(tmp_path) -> None:
-    from swarmd.api.access import load_access_config_file
-
-    good = tmp_path / "swarmd.yaml"
-    good.write_text("# daemon config\nsocket:\n  mode: '0666'\naccess:\n  - {uid: 1000, role: admin}\nlog_level: debug\n")
-    config = load_access_config_file(str(good))
-    assert config.socket_mode == 0o666 and config.rules == [AccessRule(uid=1000, role="admin")]
-    empty = tmp_path / "empty.yaml"
-    empty.write_text("")
-    assert load_access_config_file(str(empty)) == AccessConfig()
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("access: [\n")
-    with pytest.raises(ValueError, match=f"^{bad}: not valid YAML"):
-        load_access_config_file(str(bad))
-    wrong = tmp_path / "wrong.yaml"
-    wrong.write_text("socket:\n  mode: 0660\n")
-    with pytest.raises(ValueError, match=f"^{wrong}: socket.mode: write the mode as a quoted octal string"):
-        load_access_config_file(str(wrong))
-    with pytest.raises(ValueError, match="cannot read"):
-        load_access_config_file(str(tmp_path / "missing.yaml"))
-
-
 # -- swarmctl's client ----------------------------------------------------------------------------------------
 
 
