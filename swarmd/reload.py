@@ -21,6 +21,9 @@ log = logging.getLogger("swarmd.reload")
 #: watchfiles groups events for up to `DEBOUNCE_MS` and yields once none arrived for `STEP_MS`.
 DEBOUNCE_MS = 200
 STEP_MS = 20
+#: watchfiles hands the wait to a thread and, by default, takes it back every 5 s even when nothing
+#: changed: an idle daemon would wake its event loop for nothing. The stop event ends the wait anyway.
+RUST_TIMEOUT_MS = 600_000
 
 
 def watched_paths(path: str) -> tuple[set[str], set[str]]:
@@ -60,7 +63,8 @@ async def watch_file(path: str, on_change: Callable[[], Awaitable[object]], stop
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_or_retarget)
             watcher = awatch(*sorted(directories), stop_event=retarget, watch_filter=interesting,
-                             debounce=DEBOUNCE_MS, step=STEP_MS, recursive=False, yield_on_timeout=False)
+                             debounce=DEBOUNCE_MS, step=STEP_MS, recursive=False, yield_on_timeout=False,
+                             rust_timeout=RUST_TIMEOUT_MS)
             # awatch sets up its watch when first iterated; a moment later it is in place. After a
             # retarget, look once more: a save between the last event and the new watch is not lost.
             nursery.start_soon(_watch_in_place, None if started else task_status, on_change)
