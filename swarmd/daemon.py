@@ -54,8 +54,8 @@ async def run_daemon(options: DaemonOptions) -> int:
     normalize_signals()
     raise_fd_limit()
     notifier = systemd.Notifier.from_environ()
-    # Read before anything opens a file: the inherited fds are 3, 4, ... and must be marked close-on-exec
-    # before the guardian or a backend is spawned.
+    # The fds systemd passed (3, 4, ...) come without close-on-exec: mark them before the guardian or any
+    # backend is spawned, so that none of them holds the API's socket open.
     activated = systemd.activated_socket(systemd.listen_fds())
     guardian = Guardian()
     guardian.start()
@@ -103,11 +103,8 @@ async def run_daemon(options: DaemonOptions) -> int:
                 reporter.sent(text := describe())
                 notifier.stopping(text)
                 stop_watching.set()
-                # Fleet.shutdown() detaches each supervisor from its backend before stopping it, so
-                # fleet.kill_all() alone would find nothing to kill: keep them for the escalation.
-                supervisors = [b.supervisor for b in fleet.backends() if b.supervisor is not None]
                 async with trio.open_nursery() as stopping:
-                    stopping.start_soon(_escalate_on_second_signal, signals, fleet, supervisors)
+                    stopping.start_soon(_escalate_on_second_signal, signals, fleet)
                     await fleet.shutdown()
                     stopping.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
@@ -129,13 +126,11 @@ def _chain_on_change(fleet: Fleet, hook: Any) -> None:
     fleet.on_change = on_change
 
 
-async def _escalate_on_second_signal(signals: Any, fleet: Fleet, supervisors: list[Any]) -> None:
+async def _escalate_on_second_signal(signals: Any, fleet: Fleet) -> None:
     """While the fleet stops: a second SIGTERM/SIGINT SIGKILLs every backend's group at once."""
     async for signum in signals:
         if signum in (signal.SIGTERM, signal.SIGINT):
             log.warning("%s again: killing every backend now", signal.Signals(signum).name)
-            for supervisor in supervisors:
-                supervisor.kill_now()
             fleet.kill_all()
 
 

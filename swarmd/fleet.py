@@ -155,6 +155,8 @@ class Fleet:
         self._next_id = 0
         #: The problem of the file on disk while it is invalid (the running fleet is the last good one).
         self.file_problem: str | None = None
+        #: Supervisors whose stop ladder is running (detached from their backend, still alive).
+        self._stopping: set[Supervisor | RemoteMonitor] = set()
         self.on_change: Callable[[], None] = lambda: None
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -198,10 +200,11 @@ class Fleet:
                 nursery.start_soon(self._stop_backend, backend, "disabled", "Daemon stopping")
 
     def kill_all(self) -> None:
-        """SIGKILL every backend's group now (a second SIGTERM/SIGINT while stopping)."""
-        for backend in self._backends.values():
-            if backend.supervisor is not None:
-                backend.supervisor.kill_now()
+        """SIGKILL every backend's group now (a second SIGTERM/SIGINT while stopping), also those whose
+        stop ladder is already running."""
+        for supervisor in [b.supervisor for b in self._backends.values()] + list(self._stopping):
+            if supervisor is not None:
+                supervisor.kill_now()
 
     # -- mutations (the API's operations) ----------------------------------------------------------------
 
@@ -567,7 +570,11 @@ class Fleet:
     async def _stop_backend(self, backend: Backend, status: str, message: str) -> None:
         supervisor, backend.supervisor = backend.supervisor, None
         if supervisor is not None:
-            await supervisor.stop()
+            self._stopping.add(supervisor)
+            try:
+                await supervisor.stop()
+            finally:
+                self._stopping.discard(supervisor)
         backend.runtime.status, backend.runtime.status_message = status, message
         backend.runtime.pid = None
         self.on_change()
