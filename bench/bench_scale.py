@@ -22,22 +22,25 @@ def run(settings: Settings) -> Result:
         Goal("RSS", "n=1000", 50.0, "RSS under 50 MB (1000 children)"),
     ]
     windows, window_s = (2, 2.5) if settings.quick else (4, 5.0)
+    # Idle starts after swarmd's stable_after (10 s from each start), a one-off timer per backend.
+    settle_s = 2.0 if settings.quick else 11.0
     result.notes.append(
         "spawn: daemon launched -> last child's exec stamp; RSS and CPU: the daemon plus its helper processes "
         "(swarmd's guardian), children excluded; idle CPU: % of one core in "
-        f"{windows} windows of {window_s} s, CPU time from /proc/*/task/*/schedstat (ns); shutdown: SIGTERM "
+        f"{windows} windows of {window_s} s from {settle_s:g} s after the last start, CPU time from /proc/*/task/*/schedstat (ns); shutdown: SIGTERM "
         "of the daemon -> every child exited (pidfd)")
     plan = [(100, 1)] if settings.quick else [(100, 2), (1000, 3)]
     for count, reps in plan:
         for cls in settings.systems:
             for rep in range(reps):
                 with guarded(result.notes, f"scale {cls.name} n={count} rep {rep}"):
-                    _one(settings, result, cls, count, idle=(rep == 0), windows=windows, window_s=window_s)
+                    _one(settings, result, cls, count, idle=(rep == 0), windows=windows, window_s=window_s,
+                         settle_s=settle_s)
     return result
 
 
 def _one(settings: Settings, result: Result, cls: type[System], count: int, *, idle: bool, windows: int,
-         window_s: float) -> None:
+         window_s: float, settle_s: float) -> None:
     case = f"n={count}"
     with running(cls, count, settings) as (system, spawn):
         result.add("spawn", case, "s", cls.name, spawn)
@@ -45,6 +48,7 @@ def _one(settings: Settings, result: Result, cls: type[System], count: int, *, i
         helpers = system.helper_pids()
         result.add("RSS", case, "MB", cls.name, procs.rss_bytes(helpers) / 1e6)
         if idle:
+            time.sleep(settle_s - 2.0)
             for _ in range(windows):
                 before = procs.cpu_ns(helpers)
                 time.sleep(window_s)

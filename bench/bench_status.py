@@ -26,6 +26,8 @@ def run(settings: Settings) -> Result:
                 time.sleep(1.0)
                 for _ in range(3):
                     system.status()
+                if isinstance(system, Swarmd):
+                    result.notes += _check_swarmd(system, count)
                 reps = budgeted(*((50, 5, 5.0) if settings.quick else (300, 15, 20.0)))
                 for _index in reps:
                     start = time.perf_counter()
@@ -41,3 +43,18 @@ def run(settings: Settings) -> Result:
                 if fig is not None:
                     log(f"status {cls.name} n={count}: median {fig.median:.2f} ms over {len(fig.samples)}")
     return result
+
+
+def _check_swarmd(system: Swarmd, count: int) -> list[str]:
+    """ListBackends must say `running` with the pid each child stamped; returns the mismatches as notes."""
+    answer = system.status()
+    wrong = []
+    for ident, label in system.programs.items():
+        entry = answer.get(str(ident), {})
+        stamp = system.stamps.latest(label)
+        if entry.get("status") != "running" or stamp is None or entry.get("pid") != stamp.pid:
+            wrong.append(f"{ident}: {entry.get('status')} pid {entry.get('pid')} (child pid "
+                         f"{stamp.pid if stamp else None})")
+    if wrong:
+        return [f"swarmd n={count}: ListBackends wrong for {len(wrong)} backends, e.g. {wrong[:3]}"]
+    return []

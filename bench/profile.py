@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100, help="children (default 100)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the profiled phase")
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="seconds to wait after all children started (swarmd's stable_after is 10 s)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw = RESULTS / f"profile-{args.scenario}.txt"
@@ -134,7 +136,7 @@ def _scenario(args: argparse.Namespace, settings: Settings, raw: Path) -> str:
     with running(Swarmd, args.count, settings) as (system, spawn):
         assert system.proc is not None
         pid = system.proc.pid
-        time.sleep(2.0)
+        time.sleep(args.settle)
         header = f"{args.scenario}, {args.count} children (spawn {spawn:.2f} s)"
         if args.scenario == "idle":
             cpu = thread_cpu(pid, args.seconds)

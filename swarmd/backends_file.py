@@ -217,17 +217,17 @@ def _validate(path: str, doc: Any, types: Mapping[str, BackendType]) -> tuple[di
         return backends, [Problem(path, 1, 1, "expected a mapping with a 'backends:' key at the top")]
     for key in doc:
         if key != "backends":
-            line, col = _key_pos(doc, key)
+            line, col = key_position(doc, key)
             problems.append(Problem(path, line, col, f"unknown top-level key {key!r} (expected 'backends')"))
     entries = doc.get("backends")
     if entries is None:
         entries = {}
     elif not isinstance(entries, Mapping):
-        line, col = _value_pos(doc, "backends")
+        line, col = value_position(doc, "backends")
         problems.append(Problem(path, line, col, "backends: expected a mapping of backend id to backend"))
         entries = {}
     for key, entry in entries.items():
-        line, col = _key_pos(entries, key)
+        line, col = key_position(entries, key)
         if isinstance(key, bool) or not isinstance(key, int) or key < 0:
             problems.append(Problem(path, line, col, f"backend id {key!r}: expected a non-negative integer"))
             continue
@@ -246,7 +246,7 @@ def _parse_backend(path: str, backend_id: int, entry: Any, at: tuple[int, int],
     problems: list[Problem] = []
 
     def problem(key: Any, message: str, *, value: bool = False) -> None:
-        line, col = _value_pos(entry, key) if value else _key_pos(entry, key)
+        line, col = value_position(entry, key) if value else key_position(entry, key)
         problems.append(Problem(path, line, col, message))
 
     for key in entry:
@@ -279,7 +279,7 @@ def _parse_backend(path: str, backend_id: int, entry: Any, at: tuple[int, int],
         settings = backend_type.defaults()
         for name, value in (raw_settings or {}).items():
             spec = backend_type.spec(name) if isinstance(name, str) else None
-            line, col = _key_pos(raw_settings, name)
+            line, col = key_position(raw_settings, name)
             if spec is None:
                 known = ", ".join(s.name for s in backend_type.settings)
                 problems.append(Problem(path, line, col, f"settings.{name}: unknown setting for type "
@@ -294,23 +294,25 @@ def _parse_backend(path: str, backend_id: int, entry: Any, at: tuple[int, int],
     return BackendDef(backend_id, backend_type.id, str(title), enabled, settings), []
 
 
-def _key_pos(node: Any, key: Any) -> tuple[int, int]:
+def key_position(node: Any, key: Any) -> tuple[int, int]:
+    """The 1-based (line, col) of `key` in a round-trip mapping (of the mapping itself if unknown)."""
     try:
         line, col = node.lc.key(key)
         return line + 1, col + 1
     except Exception:
-        return _node_pos(node)
+        return node_position(node)
 
 
-def _value_pos(node: Any, key: Any) -> tuple[int, int]:
+def value_position(node: Any, key: Any) -> tuple[int, int]:
+    """The 1-based (line, col) of the value of `key` (of the key if unknown)."""
     try:
         line, col = node.lc.value(key)
         return line + 1, col + 1
     except Exception:
-        return _key_pos(node, key)
+        return key_position(node, key)
 
 
-def _node_pos(node: Any) -> tuple[int, int]:
+def node_position(node: Any) -> tuple[int, int]:
     try:
         return node.lc.line + 1, node.lc.col + 1
     except Exception:

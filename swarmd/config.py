@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 from swarmd.api.access import AccessConfig, load_access_config
-from swarmd.backends_file import FileInvalid, Problem
+from swarmd.backends_file import FileInvalid, Problem, key_position, node_position, value_position
 
 DEFAULT_CONFIG = "/etc/swarmd/swarmd.yaml"
 CONFIG_ENV = "SWARMD_CONFIG"
@@ -114,20 +114,20 @@ def parse(path: str, text: str) -> FileValues:
     if doc is None:
         return FileValues(path)  # an empty (or all-comments) file: every default
     if not isinstance(doc, Mapping):
-        raise ConfigInvalid([Problem(path, *_node_pos(doc), "expected a mapping of settings (backends:, socket:, ...)")])
+        raise ConfigInvalid([Problem(path, *node_position(doc), "expected a mapping of settings (backends:, socket:, ...)")])
     base = os.path.dirname(os.path.abspath(path))
     problems: list[Problem] = []
     for key in doc:
         if key not in KEYS:
-            problems.append(Problem(path, *_key_pos(doc, key), f"{key}: unknown key (expected one of {', '.join(KEYS)})"))
+            problems.append(Problem(path, *key_position(doc, key), f"{key}: unknown key (expected one of {', '.join(KEYS)})"))
 
     backends = doc.get("backends")
     if backends is not None and (not isinstance(backends, str) or not backends.strip()):
-        problems.append(Problem(path, *_value_pos(doc, "backends"), "backends: expected the path of the backends file"))
+        problems.append(Problem(path, *value_position(doc, "backends"), "backends: expected the path of the backends file"))
         backends = None
     log_level = doc.get("log_level")
     if log_level is not None and (not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS):
-        problems.append(Problem(path, *_value_pos(doc, "log_level"),
+        problems.append(Problem(path, *value_position(doc, "log_level"),
                                 f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}"))
         log_level = None
 
@@ -181,7 +181,7 @@ def _locate(doc: Any, message: str) -> tuple[int, int]:
         return 1, 1
     top = match["top"]
     node = doc[top]
-    position = _value_pos(doc, top)
+    position = value_position(doc, top)
     if match["index"] is not None:
         index = int(match["index"])
         if not isinstance(node, list) or index >= len(node):
@@ -192,24 +192,8 @@ def _locate(doc: Any, message: str) -> tuple[int, int]:
     if key is None or not isinstance(node, Mapping) or key not in node:
         return position
     if "unknown key" in message:
-        return _key_pos(node, key)
-    return _value_pos(node, key)
-
-
-def _key_pos(node: Any, key: Any) -> tuple[int, int]:
-    try:
-        line, col = node.lc.key(key)
-        return line + 1, col + 1
-    except Exception:
-        return _node_pos(node)
-
-
-def _value_pos(node: Any, key: Any) -> tuple[int, int]:
-    try:
-        line, col = node.lc.value(key)
-        return line + 1, col + 1
-    except Exception:
-        return _key_pos(node, key)
+        return key_position(node, key)
+    return value_position(node, key)
 
 
 def _item_pos(node: Any, index: int) -> tuple[int, int]:
@@ -217,12 +201,6 @@ def _item_pos(node: Any, index: int) -> tuple[int, int]:
         line, col = node.lc.item(index)
         return line + 1, col + 1
     except Exception:
-        return _node_pos(node)
+        return node_position(node)
 
-
-def _node_pos(node: Any) -> tuple[int, int]:
-    try:
-        return node.lc.line + 1, node.lc.col + 1
-    except Exception:
-        return 1, 1
 
