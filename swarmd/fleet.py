@@ -51,13 +51,22 @@ class Backend:
     output ring (kept across restarts and edits)."""
 
     def __init__(self, definition: BackendDef, backend_type: BackendType) -> None:
-        self.definition = definition
         self.type = backend_type
+        self.definition = definition
         self.runtime = Runtime()
         self.ring = OutputRing()
         self.modcount = 0
         self.supervisor: Supervisor | RemoteMonitor | None = None
         self.last_free: dict[str, Any] | None = None
+
+    @property
+    def definition(self) -> BackendDef:
+        return self._definition
+
+    @definition.setter
+    def definition(self, value: BackendDef) -> None:
+        self._definition = value
+        self._api_static: dict[str, Any] | None = None  # rebuilt on the next to_api()
 
     @property
     def id(self) -> int:
@@ -95,6 +104,26 @@ class Backend:
         """The GPUs of its current start (resolved pin), as ListBackends shows them."""
         return self.runtime.pin.describe() if self.runtime.pid is not None else []
 
+    def _static_api(self) -> dict[str, Any]:
+        definition, settings = self.definition, {}
+        for spec in self.type.settings:
+            value = definition.settings.get(spec.name, spec.default)
+            settings[spec.name] = (SECRET_MASK if value else "") if spec.secret else value
+        return {
+            "type": definition.type_id,
+            "status": "",
+            "id": definition.id,
+            "settings": settings,
+            "modcount": 0,
+            "features": list(self.type.features),
+            "enabled": definition.enabled,
+            "title": definition.title,
+            "max_usages": self.type.max_usages(definition.settings),
+            "seconds_since_used": 0,
+            "time_since_used": "Never",
+            "can_load_models": self.type.can_load_models,
+        }
+
     def gpu_memory(self) -> int | None:
         """GPU memory held by its process group now (bytes); None without NVML or without a process."""
         if self.runtime.pid is None or not gpu.inventory().available:
@@ -102,25 +131,15 @@ class Backend:
         return gpu.memory_by_group().get(self.runtime.pid, 0)
 
     def to_api(self, full_data: bool = False) -> dict[str, Any]:
-        """The SwarmUI backend object; `full_data` adds the current model and swarmd's runtime facts."""
-        settings = {}
-        for spec in self.type.settings:
-            value = self.definition.settings.get(spec.name, spec.default)
-            settings[spec.name] = (SECRET_MASK if value else "") if spec.secret else value
-        data: dict[str, Any] = {
-            "type": self.type_id,
-            "status": self.status,
-            "id": self.id,
-            "settings": settings,
-            "modcount": self.modcount,
-            "features": list(self.type.features),
-            "enabled": self.enabled,
-            "title": self.title,
-            "max_usages": self.type.max_usages(self.settings),
-            "seconds_since_used": 0,
-            "time_since_used": "Never",
-            "can_load_models": self.type.can_load_models,
-        }
+        """The SwarmUI backend object; `full_data` adds the current model and swarmd's runtime facts.
+
+        The part that follows from the definition alone is built once per definition: ListBackends of a
+        thousand backends is polled by the web UI and must stay cheap.
+        """
+        static = self._api_static
+        if static is None:
+            static = self._api_static = self._static_api()
+        data: dict[str, Any] = {**static, "status": self.runtime.status, "modcount": self.modcount}
         if full_data:
             runtime = self.runtime
             data.update({
