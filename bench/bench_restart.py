@@ -15,6 +15,7 @@ TIMEOUT_S = 15.0  # circus respawns on its 5 s check_delay; supervisord on its ~
 
 
 def run(settings: Settings) -> Result:
+    """Restart latency at 10 and 1000 children (quick: 10)."""
     result = Result(NAME, "Restart latency: SIGKILL of a child -> replacement exec'd")
     result.goals += [
         Goal("restart", "n=10", 3.0, "restart under 3 ms (10 children)"),
@@ -29,7 +30,7 @@ def run(settings: Settings) -> Result:
                 system, _spawn,
             ):
                 time.sleep(1.0)
-                reps = budgeted(*((10, 5, 15.0) if settings.quick else (60, 12, 45.0)))
+                reps = budgeted(*((10, 5, 15.0) if settings.quick else (60, 12, 35.0)))
                 for index in reps:
                     label = f"c{(index * 7919) % count}"
                     before = system.stamps.latest(label)

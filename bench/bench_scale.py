@@ -13,6 +13,7 @@ NAME = "scale"
 
 
 def run(settings: Settings) -> Result:
+    """Spawn, RSS, idle CPU and shutdown at 100 and 1000 children (quick: 100 only)."""
     result = Result(NAME, "Scale: spawn, memory, idle CPU, shutdown")
     result.goals += [
         Goal("spawn", "n=1000", 2.0, "spawn of 1000 under 2 s"),
@@ -27,8 +28,8 @@ def run(settings: Settings) -> Result:
     result.notes.append(
         "spawn: daemon launched -> last child's exec stamp; RSS and CPU: the daemon plus its helper processes "
         "(swarmd's guardian), children excluded; idle CPU: % of one core in "
-        f"{windows} windows of {window_s} s from {settle_s:g} s after the last start, CPU time from /proc/*/task/*/schedstat (ns); shutdown: SIGTERM "
-        "of the daemon -> every child exited (pidfd)")
+        f"{windows} windows of {window_s} s from {settle_s:g} s after the last start, CPU time from "
+        "/proc/*/task/*/schedstat (ns); shutdown: SIGTERM of the daemon -> every child exited (pidfd)")
     plan = [(100, 1)] if settings.quick else [(100, 2), (1000, 3)]
     for count, reps in plan:
         for cls in settings.systems:
@@ -41,6 +42,7 @@ def run(settings: Settings) -> Result:
 
 def _one(settings: Settings, result: Result, cls: type[System], count: int, *, idle: bool, windows: int,
          window_s: float, settle_s: float) -> None:
+    """One start-measure-SIGTERM cycle of `cls` with `count` children; idle CPU only when `idle`."""
     case = f"n={count}"
     with running(cls, count, settings) as (system, spawn):
         result.add("spawn", case, "s", cls.name, spawn)

@@ -12,6 +12,7 @@ NAME = "status"
 
 
 def run(settings: Settings) -> Result:
+    """Status latency at 10, 100 and 1000 children (quick: 10 and 100)."""
     result = Result(NAME, "Status latency: one status call, in-process keep-alive client")
     result.goals.append(Goal("status", "n=1000", 10.0, "status at 1000 under 10 ms"))
     result.notes.append("swarmd: POST /API/ListBackends {\"full_data\": true} over http.client on the unix "

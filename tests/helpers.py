@@ -158,3 +158,46 @@ async def running(fleet, backend_id: int) -> int:
     pid = fleet.get(backend_id).runtime.pid
     assert pid is not None
     return pid
+
+
+NOBODY = 65534
+_nobody_python: list[str] = []
+
+
+def nobody_python() -> str | None:
+    """An interpreter uid 65534 can run: this one when the checkout's path lets other users in, else the
+    system's python3 (CI may clone into a directory only root can enter). None when there is none."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not _nobody_python:
+        setpriv = shutil.which("setpriv")
+        found = ""
+        for candidate in (sys.executable, "/usr/bin/python3"):
+            if setpriv and os.path.exists(candidate) and subprocess.run(
+                    [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", candidate,
+                     "-I", "-c", "pass"], cwd="/", capture_output=True).returncode == 0:
+                found = candidate
+                break
+        _nobody_python.append(found)
+    return _nobody_python[0] or None
+
+
+def nobody_ctl_argv() -> list[str]:
+    """argv prefix that runs swarmctl as uid/gid 65534 without groups. swarmctl is stdlib only, so a
+    world-readable copy of swarmd/ctl.py runs under any python3 that user can execute."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    python = nobody_python()
+    if python is None:
+        raise AssertionError("no python3 that uid 65534 can run (need setpriv and /usr/bin/python3)")
+    directory = tempfile.mkdtemp(prefix="swarmd-ctl-")
+    os.chmod(directory, 0o755)
+    script = Path(directory) / "swarmctl.py"
+    shutil.copy(Path(__file__).resolve().parents[1] / "swarmd" / "ctl.py", script)
+    os.chmod(script, 0o644)
+    return [shutil.which("setpriv") or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            "--", python, "-I", str(script)]

@@ -146,7 +146,11 @@ def bind_unix_socket(path: str, mode: int = DEFAULT_SOCKET_MODE, group: str | in
         sock.bind(staged)
         os.chmod(staged, mode)
         if gid != -1:
-            os.chown(staged, -1, gid)
+            try:
+                os.chown(staged, -1, gid)
+            except PermissionError:
+                raise PermissionError(f"cannot give the socket {path} to group {group!r}: the daemon's user "
+                                      "must be root or a member of that group") from None
         sock.listen(LISTEN_BACKLOG)
         os.rename(staged, path)  # atomic; replaces a stale socket
     except BaseException:

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 from api_harness import Daemon, finish_daemon, start_daemon
 
+from tests.helpers import nobody_ctl_argv
+
 SETPRIV = shutil.which("setpriv")
 
 
@@ -49,8 +51,7 @@ def configured() -> Iterator[Daemon]:
 
 
 def as_nobody(daemon: Daemon, *args: str) -> tuple[int, object]:
-    argv = [SETPRIV or "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
-            sys.executable, "-m", "swarmd.ctl", "--socket", daemon.socket, "--json", *args]
+    argv = [*nobody_ctl_argv(), "--socket", daemon.socket, "--json", *args]
     done = subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=30)
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None
 

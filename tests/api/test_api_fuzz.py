@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from swarmd.api.routes import ROUTES
 
-ROUTE_NAMES = sorted(route.name for route in ROUTES.values()) + ["NoSuchRoute"]
+# DeleteBackend last, so the other routes meet the fleet's backends (ids 0 and 1) before it deletes them.
+ROUTE_NAMES = sorted((route.name for route in ROUTES.values()), key=lambda name: (name == "DeleteBackend", name))
+ROUTE_NAMES.append("NoSuchRoute")
 #: Settings a random edit may touch: harmless values, quick to apply.
 SAFE_SETTINGS = ["port", "restart", "restart_delay", "restart_delay_max", "start_limit_burst", "max_usages",
                  "stable_after", "start_limit_interval"]

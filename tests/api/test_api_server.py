@@ -27,6 +27,7 @@ from swarmd.api.app import create_app
 from swarmd.api.server import SocketInUse, read_peer_cred, serve_api
 from swarmd.ctl import Client
 from swarmd.fleet import Fleet
+from tests.helpers import nobody_ctl_argv, nobody_python
 
 NOBODY = 65534
 SETPRIV = shutil.which("setpriv")
@@ -88,9 +89,7 @@ async def call(sock: str, route: str, body: Any = None) -> Any:
 
 async def as_nobody(sock: str, *args: str) -> tuple[int, Any, str]:
     """Run `swarmctl --socket SOCK --json ARGS` as uid/gid 65534 with no groups: (exit status, JSON, stderr)."""
-    assert SETPRIV is not None
-    argv = [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
-            sys.executable, "-m", "swarmd.ctl", "--socket", sock, "--json", *args]
+    argv = [*nobody_ctl_argv(), "--socket", sock, "--json", *args]
     done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False, cwd="/")
     out = done.stdout.decode()
     return done.returncode, json.loads(out) if out.strip() else None, done.stderr.decode()
@@ -299,3 +298,18 @@ async def test_gpu_and_daemon_status_hooks(directory: str) -> None:
         assert info["gpus"]["0"]["name"] == "Fake GPU" and "cpu" in info and "system_ram" in info
         status = await call(sock, "GetDaemonStatus")
         assert status["reload"] == "idle" and status["file_problem"] is None
+
+
+@needs_setpriv
+async def test_a_group_the_daemon_cannot_use_is_a_clear_error(directory: str) -> None:
+    if nobody_python() != sys.executable:
+        pytest.skip("uid 65534 cannot run this checkout's interpreter (its path is closed to others)")
+    os.chmod(directory, 0o777)  # let uid 65534 create the socket here
+    script = ("from swarmd.api.server import bind_unix_socket\n"
+              f"bind_unix_socket({os.path.join(directory, 's.sock')!r}, 0o660, 'root')\n")
+    argv = [SETPRIV or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
+            sys.executable, "-c", script]
+    done = await trio.run_process(argv, capture_stderr=True, check=False, cwd="/")
+    assert done.returncode == 1
+    assert "cannot give the socket" in done.stderr.decode() and "group 'root'" in done.stderr.decode()
+    assert sorted(os.listdir(directory)) == ["backends.yaml"]  # no socket, no staging directory left
