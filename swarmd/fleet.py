@@ -174,6 +174,7 @@ class Fleet:
         self._next_id = 0
         #: The problem of the file on disk while it is invalid (the running fleet is the last good one).
         self.file_problem: str | None = None
+        self._closing = False
         #: Supervisors whose stop ladder is running (detached from their backend, still alive).
         self._stopping: set[Supervisor | RemoteMonitor] = set()
         self.on_change: Callable[[], None] = lambda: None
@@ -213,7 +214,9 @@ class Fleet:
         log.info("loaded %s: %d backends", self.path, len(self._backends))
 
     async def shutdown(self) -> None:
-        """Stop every backend in parallel, each by its stop ladder."""
+        """Stop every backend in parallel, each by its stop ladder. Mutations are refused from now on (a
+        backend added now would outlive the stop)."""
+        self._closing = True
         async with trio.open_nursery() as nursery:
             for backend in list(self._backends.values()):
                 nursery.start_soon(self._stop_backend, backend, "disabled", "Daemon stopping")
@@ -344,6 +347,8 @@ class Fleet:
 
     async def restart(self, target: str = "all") -> int:
         """Restart the running or errored backends named by `target` ("all" or an id), in parallel."""
+        if self._closing:
+            raise FleetError("swarmd is stopping: changes are refused")
         chosen = [b for b in self._targets(target) if b.status in ("running", "errored")]
         async with trio.open_nursery() as nursery:
             for backend in chosen:
@@ -427,6 +432,8 @@ class Fleet:
         version is applied and the mutation is made again on top of it.
         """
         async with self._lock:
+            if self._closing:
+                raise FleetError("swarmd is stopping: changes are refused")
             for _ in range(10):
                 await self._sync_with_disk()
                 try:

@@ -191,3 +191,15 @@ async def test_restart_and_free_memory(make_fleet):
     assert fleet.get(0).runtime.pid == pid0
     assert await fleet.restart("7") == 0
     assert await fleet.restart("all") == 2
+
+
+async def test_mutations_are_refused_once_the_fleet_stops(make_fleet, tmp_path):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
+    await running(fleet, 0)
+    text = (tmp_path / "backends.yaml").read_bytes()
+    await fleet.shutdown()
+    with pytest.raises(FleetError, match="swarmd is stopping"):
+        await fleet.add("process")
+    with pytest.raises(FleetError, match="swarmd is stopping"):
+        await fleet.restart("all")
+    assert (tmp_path / "backends.yaml").read_bytes() == text
