@@ -184,6 +184,19 @@ def nobody_python() -> str | None:
     return _nobody_python[0] or None
 
 
+def nobody_can_import_swarmd() -> bool:
+    """Whether uid 65534 can run this interpreter *and* import swarmd from this checkout (not when CI
+    clones into a directory closed to other users)."""
+    import shutil
+    import subprocess
+    import sys
+
+    setpriv = shutil.which("setpriv")
+    return bool(setpriv) and subprocess.run(
+        [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", sys.executable, "-c",
+         "import swarmd.api.server"], cwd="/", capture_output=True).returncode == 0
+
+
 def nobody_ctl_argv() -> list[str]:
     """argv prefix that runs swarmctl as uid/gid 65534 without groups. swarmctl is stdlib only, so a
     world-readable copy of swarmd/ctl.py runs under any python3 that user can execute."""
