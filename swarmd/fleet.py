@@ -20,6 +20,7 @@ removed -> stop; a backend whose id changed but nothing else keeps its process u
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -67,6 +68,7 @@ class Backend:
     def definition(self, value: BackendDef) -> None:
         self._definition = value
         self._api_static: dict[str, Any] | None = None  # rebuilt on the next to_api()
+        self._json_static: str | None = None  # ditto, encoded (see to_api_json)
 
     @property
     def id(self) -> int:
@@ -103,6 +105,19 @@ class Backend:
     def gpus(self) -> list[dict[str, Any]]:
         """The GPUs of its current start (resolved pin), as ListBackends shows them."""
         return self.runtime.pin.describe() if self.runtime.pid is not None else []
+
+    def to_api_json(self, full_data: bool = False) -> str:
+        """`to_api()` as JSON text. The definition's part is encoded once per definition and only the
+        few changing fields each time: ListBackends of 1000 backends spent most of its time encoding."""
+        static = self._json_static
+        if static is None:
+            fields = dict(self._api_static or self._static_api())
+            del fields["status"], fields["modcount"]
+            static = self._json_static = json.dumps(fields, ensure_ascii=False, allow_nan=False)[:-1]
+        dynamic = {"status": self.runtime.status, "modcount": self.modcount}
+        if full_data:
+            dynamic.update(self._runtime_api())
+        return f"{static}, {json.dumps(dynamic, ensure_ascii=False, allow_nan=False)[1:]}"
 
     def _static_api(self) -> dict[str, Any]:
         definition, settings = self.definition, {}
@@ -141,19 +156,22 @@ class Backend:
             static = self._api_static = self._static_api()
         data: dict[str, Any] = {**static, "status": self.runtime.status, "modcount": self.modcount}
         if full_data:
-            runtime = self.runtime
-            data.update({
-                "current_model": None,
-                "pid": runtime.pid,
-                "port": runtime.port,
-                "restarts": runtime.restarts,
-                "last_exit": runtime.last_exit.to_api() if runtime.last_exit else None,
-                "status_message": runtime.status_message,
-                "gpus": self.gpus,
-                "gpu_memory": self.gpu_memory(),
-                "last_free": self.last_free,
-            })
+            data.update(self._runtime_api())
         return data
+
+    def _runtime_api(self) -> dict[str, Any]:
+        runtime = self.runtime
+        return {
+            "current_model": None,
+            "pid": runtime.pid,
+            "port": runtime.port,
+            "restarts": runtime.restarts,
+            "last_exit": runtime.last_exit.to_api() if runtime.last_exit else None,
+            "status_message": runtime.status_message,
+            "gpus": self.gpus,
+            "gpu_memory": self.gpu_memory(),
+            "last_free": self.last_free,
+        }
 
 
 class Fleet:

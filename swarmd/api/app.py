@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException
 
 from swarmd.api import access
 from swarmd.api.params import ApiError, coerce_params
-from swarmd.api.routes import ROUTES, ApiContext, Caller, DaemonStatusHook, GpuInfoHook
+from swarmd.api.routes import ROUTES, ApiContext, Caller, DaemonStatusHook, Encoded, GpuInfoHook
 from swarmd.fleet import FleetError
 
 if TYPE_CHECKING:
@@ -160,8 +160,11 @@ def current_caller(access_config: access.AccessConfig) -> Caller:
     return Caller(peer=peer, role=access_config.role_for(peer.uid, peer.gid, peer.groups))
 
 
-def json_response(body: Mapping[str, Any], status: int) -> Response:
-    text = json.dumps(body, ensure_ascii=False, allow_nan=False, default=_json_default)
+def json_response(body: Mapping[str, Any] | Encoded, status: int) -> Response:
+    if isinstance(body, Encoded):
+        text = str(body)
+    else:
+        text = json.dumps(body, ensure_ascii=False, allow_nan=False, default=_json_default)
     response = Response(text, status=status, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response

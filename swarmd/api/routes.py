@@ -29,6 +29,10 @@ from swarmd.settings import api_text, parse_decimal, parse_int
 if TYPE_CHECKING:
     from swarmd.fleet import Backend, Fleet
 
+
+class Encoded(str):
+    """A route's answer already encoded as a JSON object (ListBackends builds it from cached parts)."""
+
 #: An async callable giving the GPU section of GetServerResourceInfo ({"0": {...}, ...}) or None when
 #: there is no GPU information; the GPU module provides it (see create_app's `gpu_info`).
 GpuInfoHook = Callable[[], Awaitable[Mapping[str, Any] | None]]
@@ -108,13 +112,12 @@ async def list_backend_types(ctx: ApiContext, caller: Caller, body: Mapping[str,
 )
 async def list_backends(
     ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, nonreal: bool, full_data: bool
-) -> dict[str, Any]:
+) -> Encoded:
     # Ascending id; negative ids would be SwarmUI's "nonreal" backends (swarmd has none today).
-    return {
-        str(backend.id): backend.to_api(full_data=full_data)
-        for backend in ctx.fleet.backends()
-        if nonreal or backend.id >= 0
-    }
+    # Built from each backend's cached JSON: the web UI polls this with every backend in it.
+    parts = [f'"{backend.id}": {backend.to_api_json(full_data=full_data)}'
+             for backend in ctx.fleet.backends() if nonreal or backend.id >= 0]
+    return Encoded("{" + ", ".join(parts) + "}")
 
 
 @route(

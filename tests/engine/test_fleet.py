@@ -203,3 +203,16 @@ async def test_mutations_are_refused_once_the_fleet_stops(make_fleet, tmp_path):
     with pytest.raises(FleetError, match="swarmd is stopping"):
         await fleet.restart("all")
     assert (tmp_path / "backends.yaml").read_bytes() == text
+
+
+async def test_the_encoded_backend_object_equals_the_dict(make_fleet):
+    import json
+
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}, 1: {"enabled": False}})
+    await running(fleet, 0)
+    for backend in fleet.backends():
+        for full in (False, True):
+            assert json.loads(backend.to_api_json(full)) == json.loads(json.dumps(backend.to_api(full)))
+    await fleet.edit(0, title="changed", settings={"stop_timeout": "3"})
+    assert json.loads(fleet.get(0).to_api_json())["title"] == "changed"  # the cache follows the definition
+    assert json.loads(fleet.get(0).to_api_json())["settings"]["stop_timeout"] == 3.0
