@@ -9,7 +9,7 @@ from collections.abc import Callable
 import trio
 
 
-async def eventually(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+async def eventually(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
     """Poll `predicate` until it returns something truthy (tests may poll; the daemon never does)."""
     with trio.move_on_after(timeout):
         while True:
@@ -20,7 +20,7 @@ async def eventually(predicate: Callable[[], object], timeout: float = 10.0, wha
     raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
