@@ -87,7 +87,7 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_log(self, pattern: str, timeout: float = 15.0, count: int = 1) -> list:
+    def wait_log(self, pattern: str, timeout: float = 30.0, count: int = 1) -> list:
         import re
 
         def found():
@@ -134,7 +134,7 @@ def api(socket_path, route: str, body: dict | None = None, timeout: float = 30.0
         connection.close()
 
 
-def wait_socket(socket_path, timeout: float = 15.0) -> None:
+def wait_socket(socket_path, timeout: float = 30.0) -> None:
     import socket
 
     def connects() -> bool:
