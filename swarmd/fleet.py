@@ -205,11 +205,6 @@ class Fleet:
     def get(self, backend_id: int) -> Backend | None:
         return self._backends.get(backend_id)
 
-    @property
-    def digest(self) -> str | None:
-        """The digest of the file content the fleet was last built from or written to."""
-        return self._file.digest if self._file else None
-
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for backend in self._backends.values():
@@ -258,7 +253,7 @@ class Fleet:
 
         async def body() -> Backend:
             values = backend_type.defaults()
-            values.update(self._parse_api_settings(backend_type, settings or {}, values))
+            values.update(self._parse_api_settings(backend_type, settings or {}))
             new_id = self._next_id
             definition = BackendDef(new_id, type_id, title if title is not None else backend_type.name,
                                     True, values)
@@ -298,7 +293,7 @@ class Fleet:
             if backend is None:
                 raise FleetError(f"Invalid backend ID {backend_id}")
             old = backend.definition
-            changes = self._parse_api_settings(backend.type, settings, dict(old.settings))
+            changes = self._parse_api_settings(backend.type, settings)
             merged = {**old.settings, **changes}
             target_id = new_id if new_id >= 0 else backend_id
             definition = BackendDef(target_id, old.type_id, str(title), old.enabled, merged)
@@ -423,8 +418,7 @@ class Fleet:
             backend.runtime.status, backend.runtime.status_message = "disabled", "Disabled"
         return backend
 
-    def _parse_api_settings(self, backend_type: BackendType, raw: dict[str, Any],
-                            current: dict[str, Any]) -> dict[str, Any]:
+    def _parse_api_settings(self, backend_type: BackendType, raw: dict[str, Any]) -> dict[str, Any]:
         """Raw API values -> typed values, SwarmUI's way: case-sensitive names, unknown ones ignored, the
         secret mask keeps the old value. Raises FleetError naming the first bad setting."""
         if not isinstance(raw, dict):
