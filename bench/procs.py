@@ -84,27 +84,37 @@ def helpers(daemon: int, child_marker: str) -> list[int]:
 
 
 def kill_run(daemon: int | None, run_dir: Path) -> int:
-    """SIGKILL the daemon's tree and every process whose command line names `run_dir`. Returns a count."""
-    victims: dict[int, psutil.Process] = {}
+    """SIGKILL the daemon, its process group and tree, then every process whose command line names
+    `run_dir` (scanned until none is left, so a child forked during the kill is caught). Returns a count."""
+    killed = 0
     if daemon is not None:
         try:
             root = psutil.Process(daemon)
-            victims[root.pid] = root
-            for proc in root.children(recursive=True):
-                victims[proc.pid] = proc
+            tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
+            tree = []
+        killed += _kill(tree[:1])  # the daemon first, so that nothing restarts what is killed next
+        try:
+            os.killpg(daemon, signal.SIGKILL)  # started with its own session: its group is ours
+        except (ProcessLookupError, PermissionError):
             pass
+        killed += _kill(tree[1:])
     marker = str(run_dir)
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(marker in part for part in proc.info["cmdline"] or []):
-            victims[proc.pid] = proc
-    victims.pop(os.getpid(), None)
-    # The daemon first, so that nothing restarts what is killed next.
-    ordered = sorted(victims.values(), key=lambda proc: proc.pid != daemon)
-    for proc in ordered:
+    for _ in range(5):
+        found = [proc for proc in psutil.process_iter(["cmdline"])
+                 if proc.pid != os.getpid() and any(marker in part for part in proc.info["cmdline"] or [])]
+        if not found:
+            break
+        killed += _kill(found)
+    return killed
+
+
+def _kill(victims: list[psutil.Process]) -> int:
+    """SIGKILL these processes (psutil checks each is still the same process) and wait for them."""
+    for proc in victims:
         try:
             proc.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             continue
-    psutil.wait_procs(ordered, timeout=5)
-    return len(ordered)
+    psutil.wait_procs(victims, timeout=5)
+    return len(victims)

@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     _raise_fd_limit()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Started in the background by a shell, SIGINT is inherited ignored: make Ctrl-C/kill -INT work anyway.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     root = Path(tempfile.mkdtemp(prefix="swarmd-bench-", dir="/tmp"))
     settings = Settings(quick=args.quick, root=root, systems=systems)
     results: list[report.Result] = []
