@@ -26,4 +26,21 @@ check: $(STAMP)
 	$(BIN)/swarmd check --backends etc/swarmd/backends.yaml
 
 clean:
-	rm -rf $(VENV) run/*.sock build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) bench/results run/*.sock build *.egg-info
+
+# Benchmarks side by side with supervisord and circus (never part of `make test`): bench/README.md.
+BENCH_VENV := bench/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+.PHONY: bench-quick
+
+$(BENCH_STAMP): pyproject.toml bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e . -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m bench.run --quick $(BENCH_ARGS)

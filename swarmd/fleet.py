@@ -42,6 +42,10 @@ from swarmd.types import TYPES, BackendType
 log = logging.getLogger("swarmd.fleet")
 T = TypeVar("T")
 
+#: One encoder for every backend object: json.dumps() with options builds a new encoder per call, which
+#: was a sixth of a ListBackends of 1000 backends.
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
 
 class FleetError(Exception):
     """A mutation was refused. `str(err)` is the message for the user (the API's {"error": ...})."""
@@ -113,11 +117,11 @@ class Backend:
         if static is None:
             fields = dict(self._api_static or self._static_api())
             del fields["status"], fields["modcount"]
-            static = self._json_static = json.dumps(fields, ensure_ascii=False, allow_nan=False)[:-1]
+            static = self._json_static = _encode(fields)[:-1]
         dynamic = {"status": self.runtime.status, "modcount": self.modcount}
         if full_data:
             dynamic.update(self._runtime_api())
-        return f"{static}, {json.dumps(dynamic, ensure_ascii=False, allow_nan=False)[1:]}"
+        return f"{static}, {_encode(dynamic)[1:]}"
 
     def _static_api(self) -> dict[str, Any]:
         definition, settings = self.definition, {}

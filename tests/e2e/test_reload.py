@@ -213,3 +213,62 @@ def test_api_mutations_racing_hand_edits_lose_nothing(daemon):
     assert set(hand_ids) <= on_disk, f"hand edits lost: {set(hand_ids) - on_disk}"
     assert len(hand_ids) == 40 and len(api_ids) >= 20
     wait_until(lambda: {int(k) for k in api(d.socket, "ListBackends")} == on_disk, what="daemon = file")
+
+
+async def test_the_polling_fallback_sees_a_save(tmp_path, monkeypatch):
+    """Where inotify is exhausted, watchfiles polls the directory instead (slower, still correct)."""
+    import trio
+
+    from swarmd import reload
+
+    def no_inotify() -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(reload, "Inotify", no_inotify)
+    path = tmp_path / "backends.yaml"
+    path.write_text("backends: {}\n")
+    seen = trio.Event()
+
+    async def on_change() -> None:
+        seen.set()
+
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reload.watch_file, str(path), on_change, stop)
+        await trio.sleep(0.5)  # the poller takes its first snapshot
+        save_atomically(path, "backends:\n  0: {type: process}\n")
+        with trio.fail_after(10):
+            await seen.wait()
+        stop.set()
+
+
+async def test_a_save_in_progress_is_not_read_until_the_writer_closes_it(tmp_path):
+    """A half-written file can parse as a valid, truncated fleet: only a finished save counts."""
+    import trio
+
+    from swarmd import reload
+
+    path = tmp_path / "backends.yaml"
+    path.write_text("backends: {}\n")
+    calls = []
+
+    async def on_change() -> None:
+        calls.append(path.read_text())
+
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reload.watch_file, str(path), on_change, stop)
+        with open(path, "w") as handle:  # an editor writing in place, slowly
+            handle.write("backends:\n  0: {type: process}\n")
+            handle.flush()
+            await trio.sleep(0.3)
+            assert calls == []
+            handle.write("  1: {type: process}\n")
+        with trio.fail_after(10):
+            while not calls:
+                await trio.sleep(0.01)
+        assert calls == ["backends:\n  0: {type: process}\n  1: {type: process}\n"]
+        os.utime(path)  # a touch is no save
+        await trio.sleep(0.2)
+        assert len(calls) == 1
+        stop.set()
