@@ -235,10 +235,13 @@ async def test_the_polling_fallback_sees_a_save(tmp_path, monkeypatch):
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(reload.watch_file, str(path), on_change, stop)
-        await trio.sleep(0.5)  # the poller takes its first snapshot
-        save_atomically(path, "backends:\n  0: {type: process}\n")
-        with trio.fail_after(10):
-            await seen.wait()
+        with trio.fail_after(15):
+            n = 0
+            while not seen.is_set():  # saves until the poller (first snapshot taken when it gets to it) sees one
+                n += 1
+                save_atomically(path, f"backends:\n  {n}: {{type: process}}\n")
+                with trio.move_on_after(1):
+                    await seen.wait()
         stop.set()
 
 
