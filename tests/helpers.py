@@ -30,6 +30,19 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str
     raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
 
 
+def pids_with_arg(arg: str) -> list[int]:
+    """Live (non-zombie) processes with `arg` as one whole argument (not a shell whose -c text names it)."""
+    found = []
+    for pid in pids_with(arg):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if arg.encode() in handle.read().split(b"\0"):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 def pids_with(marker: str) -> list[int]:
     """Live (non-zombie) processes whose command line contains `marker`."""
     found = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, backend_yaml, pids_with, wait_until
+from tests.helpers import Daemon, backend_yaml, pids_with, pids_with_arg, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,8 +35,8 @@ def test_sigkill_of_the_daemon_leaves_no_process_behind(tmp_path, daemons):
     daemon = Daemon(tmp_path, backend_yaml(backends))
     daemons.append(daemon)
     daemon.wait_log(r"ready \(pid", count=5)
-    wait_until(lambda: len(pids_with(f"{marker}-gc")) == 5, what="5 grandchildren")
-    assert len(pids_with(f"{marker}-main")) == 5
+    wait_until(lambda: len(pids_with_arg(f"{marker}-gc")) == 5, what="5 grandchildren")
+    wait_until(lambda: len(pids_with_arg(f"{marker}-main")) == 5, what="5 main processes")
     daemon.proc.kill()
     daemon.proc.wait()
     try:

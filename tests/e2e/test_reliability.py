@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from swarmd import backends_file
-from tests.helpers import Daemon, api, backend_yaml, pids_with, wait_socket, wait_until
+from tests.helpers import Daemon, api, backend_yaml, pids_with, pids_with_arg, wait_socket, wait_until
 
 PY = sys.executable
 
@@ -71,14 +71,14 @@ def test_sigkilled_daemon_with_20_backends_leaves_nothing_and_a_new_one_brings_a
         f"exec {PY} -c 'import time; time.sleep(600)' {marker}-main\"")}} for i in range(20)}
     first = start(tmp_path, daemons, backends)
     settled(first, dict.fromkeys(range(20), "running"))
-    wait_until(lambda: len(pids_with(f"{marker}-gc")) == 20, what="20 grandchildren")
+    wait_until(lambda: len(pids_with_arg(f"{marker}-gc")) == 20, what="20 grandchildren")
     first.proc.kill()
     first.proc.wait()
     wait_until(lambda: not pids_with(marker), timeout=5, what="no backend process left")
     # The stale socket of the dead daemon is replaced; the file brings every backend back.
     second = start(tmp_path, daemons, None)
     settled(second, dict.fromkeys(range(20), "running"))
-    assert len(pids_with(f"{marker}-main")) == 20
+    wait_until(lambda: len(pids_with_arg(f"{marker}-main")) == 20, what="20 main processes again")
 
 
 def test_misbehaving_backends_end_documented_and_the_daemon_stays_responsive_and_idle(tmp_path, daemons):
