@@ -36,7 +36,7 @@ from swarmd.settings import SECRET_MASK, SettingError
 from swarmd.supervise.output import OutputRing
 from swarmd.supervise.process import Guardian
 from swarmd.supervise.remote import RemoteMonitor
-from swarmd.supervise.supervisor import Runtime, Supervisor
+from swarmd.supervise.supervisor import BackendTask, Runtime, Supervisor
 from swarmd.types import TYPES, BackendType
 
 log = logging.getLogger("swarmd.fleet")
@@ -61,7 +61,7 @@ class Backend:
         self.runtime = Runtime()
         self.ring = OutputRing()
         self.modcount = 0
-        self.supervisor: Supervisor | RemoteMonitor | None = None
+        self.supervisor: BackendTask | None = None
         self.last_free: dict[str, Any] | None = None
 
     @property
@@ -198,7 +198,7 @@ class Fleet:
         self.file_problem: str | None = None
         self._closing = False
         #: Supervisors whose stop ladder is running (detached from their backend, still alive).
-        self._stopping: set[Supervisor | RemoteMonitor] = set()
+        self._stopping: set[BackendTask] = set()
         self.on_change: Callable[[], None] = lambda: None
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -596,7 +596,7 @@ class Fleet:
         if backend.supervisor is not None:
             return
         backend.runtime.status, backend.runtime.status_message = "waiting", "Waiting to load..."
-        supervisor: Supervisor | RemoteMonitor
+        supervisor: BackendTask
         if backend.type.self_starting:
             supervisor = Supervisor(label=backend.label, backend_type=backend.type,
                                     settings=backend.settings, runtime=backend.runtime, ring=backend.ring,

@@ -9,55 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
 
 import trio
 
 from swarmd.httpclient import HttpError, request
-from swarmd.supervise.output import OutputRing
-from swarmd.supervise.supervisor import Runtime
-from swarmd.types import BackendType
+from swarmd.supervise.supervisor import BackendTask
 
 log = logging.getLogger("swarmd.remote")
 
 
-class RemoteMonitor:
-    """Health-checks one remote backend until stopped."""
-
-    def __init__(self, *, label: Callable[[], str], backend_type: BackendType, settings: dict[str, Any],
-                 runtime: Runtime, ring: OutputRing, on_change: Callable[[], None] = lambda: None) -> None:
-        self._label = label
-        self.type = backend_type
-        self.settings = settings
-        self.runtime = runtime
-        self.ring = ring
-        self._on_change = on_change
-        self._scope = trio.CancelScope()
-        self._done = trio.Event()
-        self._kick = trio.Event()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with self._scope:
-                task_status.started()
-                await self._loop()
-        finally:
-            self._done.set()
-
-    async def stop(self) -> None:
-        self._scope.cancel()
-        await self._done.wait()
-
-    def kill_now(self) -> None:
-        self._scope.cancel()
-
-    def reset_counters(self) -> None:
-        pass
-
-    async def restart(self) -> None:
-        """Check again at once."""
-        self._kick.set()
+class RemoteMonitor(BackendTask):
+    """Health-checks one remote backend until stopped (restart = check again at once)."""
 
     async def free_memory(self, system_ram: bool) -> bool:
         url = self.type.free_url(self.settings)

@@ -76,48 +76,84 @@ def pick_free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Supervisor:
-    """Keeps one backend's process alive according to its settings.
+class BackendTask:
+    """What the Fleet drives for one backend: `run()` as its task, then `stop()`, `kill_now()`,
+    `restart()`, `reset_counters()` and `free_memory()`. Subclasses implement `_loop()`.
 
     `label` is a callable so that a change of id (EditBackend new_id) shows in the logs at once.
     """
 
     def __init__(self, *, label: Callable[[], str], backend_type: BackendType, settings: dict[str, Any],
-                 runtime: Runtime, ring: OutputRing, guardian: Guardian | None,
-                 on_change: Callable[[], None] = lambda: None,
-                 place_gpus: Callable[[str], Pin] = gpu.resolve) -> None:
+                 runtime: Runtime, ring: OutputRing, on_change: Callable[[], None] = lambda: None) -> None:
         self._label = label
         self.type = backend_type
         self.settings = settings
         self.runtime = runtime
         self.ring = ring
-        self._guardian = guardian
         self._on_change = on_change
+        self._scope = trio.CancelScope()
+        self._done = trio.Event()
+        self._kick = trio.Event()  # a restart request while settled or waiting out a delay
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The backend's task; returns after `stop()` (or when cancelled, after `_cleanup()`)."""
+        try:
+            with self._scope:
+                task_status.started()
+                await self._loop()
+        finally:
+            await self._cleanup()
+            self._done.set()
+
+    async def _loop(self) -> None:
+        raise NotImplementedError
+
+    async def _cleanup(self) -> None:
+        """Runs as the task ends, also on cancellation."""
+
+    async def stop(self) -> None:
+        self._scope.cancel()
+        await self._done.wait()
+
+    def kill_now(self) -> None:
+        self._scope.cancel()
+
+    def reset_counters(self) -> None:
+        """A person edited the backend without a restart."""
+
+    async def restart(self) -> None:
+        self._kick.set()
+
+    async def free_memory(self, system_ram: bool) -> bool:
+        return False
+
+
+class Supervisor(BackendTask):
+    """Keeps one backend's process alive according to its settings."""
+
+    def __init__(self, *, label: Callable[[], str], backend_type: BackendType, settings: dict[str, Any],
+                 runtime: Runtime, ring: OutputRing, guardian: Guardian | None,
+                 on_change: Callable[[], None] = lambda: None,
+                 place_gpus: Callable[[str], Pin] = gpu.resolve) -> None:
+        super().__init__(label=label, backend_type=backend_type, settings=settings, runtime=runtime,
+                         ring=ring, on_change=on_change)
+        self._guardian = guardian
         self._place_gpus = place_gpus
         self.policy = RestartPolicy(backend_type.restart_config(settings))
         self.child: Child | None = None
         self.spec: LaunchSpec | None = None
-        self._scope = trio.CancelScope()
-        self._done = trio.Event()
-        self._kick = trio.Event()  # a restart request while settled or waiting out a delay
         self._stopping = False
         self._restart_requested = False
         self._ready_failure: str | None = None
 
     # -- control (called by the Fleet) -----------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The supervisor's task. Returns after `stop()`; on cancellation it SIGKILLs its group."""
-        try:
-            with self._scope:
-                task_status.started()
-                await self._loop()
-        finally:
-            if self.child is not None and self.child.running:
-                self.child.kill_now()
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    await self.child.wait()
-            self._done.set()
+    async def _cleanup(self) -> None:
+        # Cancelled (not stopped): the group goes at once, never an orphan.
+        if self.child is not None and self.child.running:
+            self.child.kill_now()
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await self.child.wait()
 
     async def stop(self) -> None:
         """Stop the child by its ladder and end the supervisor. Returns when both are done."""
@@ -126,8 +162,7 @@ class Supervisor:
         if child is not None and child.running and self.spec is not None:
             with trio.CancelScope(shield=True):
                 await child.stop(self.spec.stop_signal, self.spec.stop_timeout)
-        self._scope.cancel()
-        await self._done.wait()
+        await super().stop()
 
     def kill_now(self) -> None:
         """SIGKILL the group at once (the daemon got a second SIGTERM)."""
