@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 #: One encoder for every backend object: json.dumps() with options builds a new encoder per call, which
 #: was a sixth of a ListBackends of 1000 backends.
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
 class FleetError(Exception):
@@ -121,7 +121,7 @@ class Backend:
         dynamic = {"status": self.runtime.status, "modcount": self.modcount}
         if full_data:
             dynamic.update(self._runtime_api())
-        return f"{static}, {_encode(dynamic)[1:]}"
+        return f"{static},{_encode(dynamic)[1:]}"
 
     def _static_api(self) -> dict[str, Any]:
         definition, settings = self.definition, {}

@@ -115,9 +115,9 @@ async def list_backends(
 ) -> Encoded:
     # Ascending id; negative ids would be SwarmUI's "nonreal" backends (swarmd has none today).
     # Built from each backend's cached JSON: the web UI polls this with every backend in it.
-    parts = [f'"{backend.id}": {backend.to_api_json(full_data=full_data)}'
+    parts = [f'"{backend.id}":{backend.to_api_json(full_data=full_data)}'
              for backend in ctx.fleet.backends() if nonreal or backend.id >= 0]
-    return Encoded("{" + ", ".join(parts) + "}")
+    return Encoded("{" + ",".join(parts) + "}")
 
 
 @route(
