@@ -25,7 +25,7 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -237,22 +237,24 @@ def _validate(path: str, doc: Any, types: Mapping[str, BackendType]) -> tuple[di
         problems.append(Problem(path, line, col, "backends: expected a mapping of backend id to backend"))
         entries = {}
     for key, entry in entries.items():
-        line, col = key_position(entries, key)
+        # Positions are looked up only for problems: on the fast path (no positions) each look-up fails
+        # slowly, and a valid file has no problem to place.
         if isinstance(key, bool) or not isinstance(key, int) or key < 0:
-            problems.append(Problem(path, line, col, f"backend id {key!r}: expected a non-negative integer"))
+            problems.append(Problem(path, *key_position(entries, key),
+                                    f"backend id {key!r}: expected a non-negative integer"))
             continue
-        backend, found = _parse_backend(path, key, entry, (line, col), types)
+        backend, found = _parse_backend(path, key, entry, lambda e=entries, k=key: key_position(e, k), types)
         problems.extend(found)
         if backend is not None:
             backends[key] = backend
     return dict(sorted(backends.items())), problems
 
 
-def _parse_backend(path: str, backend_id: int, entry: Any, at: tuple[int, int],
+def _parse_backend(path: str, backend_id: int, entry: Any, at: Callable[[], tuple[int, int]],
                    types: Mapping[str, BackendType]) -> tuple[BackendDef | None, list[Problem]]:
     where = f"backends.{backend_id}"
     if not isinstance(entry, Mapping):
-        return None, [Problem(path, *at, f"{where}: expected a mapping with type, title, enabled, settings")]
+        return None, [Problem(path, *at(), f"{where}: expected a mapping with type, title, enabled, settings")]
     problems: list[Problem] = []
 
     def problem(key: Any, message: str, *, value: bool = False) -> None:
@@ -265,7 +267,7 @@ def _parse_backend(path: str, backend_id: int, entry: Any, at: tuple[int, int],
     type_id = entry.get("type")
     backend_type = types.get(type_id) if isinstance(type_id, str) else None
     if "type" not in entry:
-        problems.append(Problem(path, *at, f"{where}: missing 'type' (one of {', '.join(sorted(types))})"))
+        problems.append(Problem(path, *at(), f"{where}: missing 'type' (one of {', '.join(sorted(types))})"))
     elif backend_type is None:
         problem("type", f"{where}.type: unknown backend type {type_id!r} (known: {', '.join(sorted(types))})",
                 value=True)
@@ -289,16 +291,16 @@ def _parse_backend(path: str, backend_id: int, entry: Any, at: tuple[int, int],
         settings = backend_type.defaults()
         for name, value in (raw_settings or {}).items():
             spec = backend_type.spec(name) if isinstance(name, str) else None
-            line, col = key_position(raw_settings, name)
             if spec is None:
                 known = ", ".join(s.name for s in backend_type.settings)
-                problems.append(Problem(path, line, col, f"settings.{name}: unknown setting for type "
+                problems.append(Problem(path, *key_position(raw_settings, name), f"settings.{name}: unknown "
+                                        f"setting for type "
                                         f"{backend_type.id!r} (known: {known})"))
                 continue
             try:
                 settings[name] = spec.from_file(value)
             except SettingError as err:
-                problems.append(Problem(path, line, col, f"settings.{name}: {err}"))
+                problems.append(Problem(path, *key_position(raw_settings, name), f"settings.{name}: {err}"))
     if problems or backend_type is None:
         return None, problems
     return BackendDef(backend_id, backend_type.id, str(title), enabled, settings), []
