@@ -61,16 +61,20 @@ class ExitInfo:
 
     def describe(self) -> str:
         if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
-            return f"killed by {name}"
+            return f"killed by {self.signal_name}"
         return f"exited with status {self.code}"
 
+    @property
+    def signal_name(self) -> str | None:
+        if self.signal is None:
+            return None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:  # real-time signals (SIGRTMIN+n) have no name of their own
+            return f"signal {self.signal}"
+
     def to_api(self) -> dict[str, int | str | None]:
-        return {"code": self.code, "signal": signal.Signals(self.signal).name if self.signal else None,
-                "text": self.describe()}
+        return {"code": self.code, "signal": self.signal_name, "text": self.describe()}
 
 
 def normalize_signals() -> None:

@@ -116,3 +116,12 @@ async def test_autojump_fixture_is_real(autojump_clock):
     before = trio.current_time()
     await trio.sleep(3600)
     assert trio.current_time() - before >= 3600
+
+
+def test_exit_info_names_every_signal():
+    from swarmd.supervise.process import ExitInfo
+
+    assert ExitInfo.from_returncode(-9).describe() == "killed by SIGKILL"
+    assert ExitInfo.from_returncode(-40).to_api() == {"code": None, "signal": "signal 40",
+                                                      "text": "killed by signal 40"}
+    assert ExitInfo.from_returncode(3).to_api()["text"] == "exited with status 3"
