@@ -587,13 +587,3 @@ def _rename_exchange(a: str, b: str) -> None:
     if _libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), b)
-
-
-def is_temp_name(name: str) -> bool:
-    """True for the temp files atomic_write creates (the file watcher ignores them)."""
-    return name.endswith(".swarmd-tmp")
-
-
-def iter_problems(err: FileInvalid) -> Iterator[str]:
-    for problem in err.problems:
-        yield str(problem)

@@ -376,22 +376,6 @@ async def resource_info() -> dict[str, dict[str, Any]]:
     return {str(g.index): g.to_api() for g in gpus}
 
 
-def group_pids(pgid: int) -> set[int]:
-    """Every live process in process group `pgid` (a backend's main process and its children)."""
-    members = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
-            members.add(int(entry))
-    return members
-
-
 def _indices(gpus: list[GPU]) -> str:
     return ", ".join(str(g.index) for g in gpus) if gpus else "no GPUs"
 
