@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import tempfile
@@ -10,7 +9,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers import api, wait_socket, wait_until  # noqa: E402
+try:
+    from tests.helpers import Daemon, wait_until  # the tests' harness (its API client is httpx)
+except ImportError as err:
+    sys.exit(f"gpu-check: {sys.executable} lacks the test dependencies ({err}): run 'make test' first or set PYTHON")
 
 GIB = 1 << 30
 # A backend that holds ~2 GiB of GPU memory and frees it on POST /free.
@@ -72,14 +74,10 @@ def main() -> int:
 
 
 def run_daemon(work: Path, backends: Path, *, gpu_checks: bool) -> int:
-    sock = work / "swarmd.sock"
-    log = open(work / "swarmd.log", "wb")
-    daemon = subprocess.Popen([sys.executable, "-m", "swarmd", "serve", "--backends", str(backends),
-                               "--socket", str(sock)], stdout=log, stderr=subprocess.STDOUT)
+    daemon = Daemon(work, backends_path=backends)
     try:
-        wait_socket(sock)
-        listing = wait_until(lambda: (b := api(sock, "ListBackends", {"full_data": True})["0"])["status"]
-                             == "running" and b, timeout=180, what="backend running")
+        listing = wait_until(lambda: (b := daemon.backend(0))["status"] == "running" and b, timeout=180,
+                             what="backend running")
         say(f"backend running: pid {listing['pid']}, gpus {listing['gpus']}")
         environ = Path(f"/proc/{listing['pid']}/environ").read_bytes().split(b"\0")
         pinned = [e.decode() for e in environ if e.startswith((b"CUDA_VISIBLE_DEVICES=", b"CUDA_DEVICE_ORDER="))]
@@ -91,26 +89,24 @@ def run_daemon(work: Path, backends: Path, *, gpu_checks: bool) -> int:
             return 0
         assert listing["gpus"] and listing["gpus"][0]["uuid"], "auto picked no GPU"
         say(f"auto picked GPU {listing['gpus'][0]['id']} ({listing['gpus'][0]['uuid']})")
-        used = wait_until(lambda: (m := api(sock, "ListBackends", {"full_data": True})["0"]["gpu_memory"])
-                          and m > GIB and m, timeout=30, what="NVML memory attributed")
+        used = wait_until(lambda: (m := daemon.backend(0)["gpu_memory"]) and m > GIB and m, timeout=30,
+                          what="NVML memory attributed")
         say(f"NVML attributes {used / GIB:.2f} GiB to the backend's process group")
-        freed = api(sock, "FreeBackendMemory", {"backend": "0"})
+        freed = daemon.api("FreeBackendMemory", {"backend": "0"})
         say(f"FreeBackendMemory: {freed}")
         assert freed == {"result": True, "count": 1}
-        last = api(sock, "ListBackends", {"full_data": True})["0"]["last_free"]
+        last = daemon.backend(0)["last_free"]
         say(f"recorded: before {last['gpu_memory_before'] / GIB:.2f} GiB, after "
             f"{last['gpu_memory_after'] / GIB:.2f} GiB")
         assert last["gpu_memory_after"] < last["gpu_memory_before"] - GIB
-        edit = api(sock, "EditBackend", {"backend_id": 0, "title": "x", "settings": {"gpu_id": "99"}})
+        edit = daemon.api("EditBackend", {"backend_id": 0, "title": "x", "settings": {"gpu_id": "99"}})
         say(f"EditBackend with gpu_id 99: {edit}")
         assert "no GPU '99'" in edit.get("error", "")
         say("GPU checks passed")
         return 0
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
-        log.close()
-        say("daemon log tail:\n" + "\n".join((work / "swarmd.log").read_text().splitlines()[-15:]))
+        status = daemon.stop(timeout=30)
+        say(f"daemon exit {status}; log tail:\n" + "\n".join(daemon.log().splitlines()[-15:]))
 
 
 if __name__ == "__main__":

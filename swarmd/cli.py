@@ -55,11 +55,13 @@ def check(path: str) -> int:
 
 
 def _resolve(args: argparse.Namespace) -> config.DaemonConfig | None:
-    """The settings from flags, config file and defaults; None (problems printed) when the config is bad."""
+    """The daemon's configuration from flags, config file and defaults (user and group names resolved:
+    before the event loop runs); None (problems printed) when the config is bad."""
     try:
         return config.resolve(config=args.config, backends=args.backends,
                               socket=getattr(args, "socket", None), log_level=getattr(args, "log_level", None))
     except config.ConfigInvalid as err:
+        logs.flush()  # the loader's warnings first
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return None
@@ -67,21 +69,19 @@ def _resolve(args: argparse.Namespace) -> config.DaemonConfig | None:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the daemon. 0 after a clean stop; 1 when the config, the backends file or the socket is unusable."""
-    from swarmd.api.access import DEFAULT_SOCKET_MODE
-    from swarmd.daemon import DaemonOptions, run_daemon
+    from swarmd.daemon import run_daemon
 
+    # The log is set up first, so that the config loader's warnings (an access rule naming an unknown user)
+    # are formatted like the rest; the config's log_level applies from then on.
+    logs.setup(args.log_level or "info")
     settings = _resolve(args)
     if settings is None:
         print(f"swarmd: {args.config or config.DEFAULT_CONFIG} is invalid; nothing was started", file=sys.stderr)
         return 1
     logs.setup(settings.log_level)
-    options = DaemonOptions(
-        backends=settings.backends, socket=settings.socket,
-        socket_mode=settings.socket_mode if settings.socket_mode is not None else DEFAULT_SOCKET_MODE,
-        socket_group=settings.socket_group, access=settings.access, config_path=settings.config_path)
     startup_errors = _startup_errors()
     try:
-        return trio.run(run_daemon, options)
+        return trio.run(run_daemon, settings)
     except BaseExceptionGroup as group:
         # trio's nurseries wrap a startup error in an ExceptionGroup; report it like a bare one.
         leaves = list(_leaves(group))
@@ -113,12 +113,14 @@ def _leaves(error: BaseException) -> Iterator[BaseException]:
 
 def _report_startup_error(err: BaseException, backends: str) -> None:
     """Print why the daemon could not start: every located problem of a bad backends file, or one line."""
+    logs.flush()  # what the daemon logged comes first
     if isinstance(err, FileInvalid):
         for problem in err.problems:
             print(problem, file=sys.stderr)
         print(f"swarmd: {backends} is invalid; nothing was started", file=sys.stderr)
     else:
         print(f"swarmd: {err}", file=sys.stderr)
+
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)

@@ -1,5 +1,5 @@
 """The daemon config file (`/etc/swarmd/swarmd.yaml`): where the backends file and the socket are, who may
-do what, how much to log.
+do what, how much to log -- and `DaemonConfig`, the one object that carries the result to the daemon.
 
 Theory of operation
 -------------------
@@ -8,34 +8,48 @@ Theory of operation
   replaces `DEFAULT_CONFIG`, for tests and unusual layouts.
 * What wins: a command-line flag, then the file, then the default. The socket's default is
   `$RUNTIME_DIRECTORY/swarmd.sock` under systemd (`RuntimeDirectory=swarmd`), else
-  `/run/swarmd/swarmd.sock`. Relative paths in the file are relative to the file's directory.
-* The `socket:` and `access:` keys belong to the API (`swarmd.api.access.load_access_config` parses them);
-  this module owns the other keys, the YAML and the error locations. Every problem is reported as
-  `FILE:LINE:COL: message` (ruamel's node positions), like the backends file's.
+  `/run/swarmd/swarmd.sock`; the backends file's is `$SWARMD_BACKENDS`, else `DEFAULT_BACKENDS`. Relative
+  paths in the file are relative to the file's directory.
+* Every key is parsed here, from ruamel's round-trip nodes, so each problem is a `Problem(path, line, col,
+  message)` located at the node it is about; all problems are collected and raised together as
+  `ConfigInvalid`.
+* Names become ids here, once, when the config is loaded (before the event loop runs): `socket.group`
+  (an unknown group is a problem: the socket could not be given to it) and the `user:` / `group:` of each
+  `access:` rule (an unknown one is a warning, and the rule never matches: a user created later is not
+  let in before the daemon restarts). The API then compares integers only.
 """
 
 from __future__ import annotations
 
+import grp
+import logging
 import os
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import pwd
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
-from swarmd.api.access import AccessConfig, load_access_config
+from swarmd.api.access import DEFAULT_SOCKET_MODE, ROLES, AccessRule, kind, parse_mode
 from swarmd.backends_file import FileInvalid, Problem, key_position, node_position, value_position
+
+log = logging.getLogger("swarmd.config")
 
 DEFAULT_CONFIG = "/etc/swarmd/swarmd.yaml"
 CONFIG_ENV = "SWARMD_CONFIG"
 DEFAULT_BACKENDS = "/etc/swarmd/backends.yaml"
+BACKENDS_ENV = "SWARMD_BACKENDS"
 DEFAULT_SOCKET = "/run/swarmd/swarmd.sock"
 SOCKET_NAME = "swarmd.sock"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-#: Top-level keys of the file; `socket` and `access` are parsed by the API's access module.
+#: Top-level keys of the file.
 KEYS = ("backends", "socket", "access", "log_level")
+SOCKET_KEYS = ("path", "mode", "group")
+RULE_KEYS = ("user", "group", "uid", "role")
+_SELECTORS = ("user", "group", "uid")
+_EXAMPLE_RULE = "{user: alice, role: admin}"
 
 
 class ConfigInvalid(FileInvalid):
@@ -44,28 +58,48 @@ class ConfigInvalid(FileInvalid):
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    """Everything the daemon config file says, with defaults and flags applied by `resolve`.
+    """Everything the daemon needs from its command line, its config file and the defaults (`resolve`).
 
-    `config_path` is the file that was read, or None when there was none.
+    `socket_group` is the group as written (for messages) and `socket_gid` its id, resolved when the config
+    was loaded; `access` holds the rules with their user and group names resolved to ids. `config_path` is
+    the file that was read, or None when there was none.
     """
 
-    backends: str = DEFAULT_BACKENDS
-    socket: str = DEFAULT_SOCKET
-    socket_mode: int | None = None
+    backends: str
+    socket: str
+    socket_mode: int = DEFAULT_SOCKET_MODE
     socket_group: str | None = None
-    access: AccessConfig = field(default_factory=AccessConfig)
+    socket_gid: int | None = None
+    access: tuple[AccessRule, ...] = ()
     log_level: str = "info"
     config_path: str | None = None
 
 
-@dataclass(frozen=True)
-class FileValues:
-    """What the file itself sets (None: not set)."""
+def _system_uid(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return int(name) if name.isdigit() else None
 
-    path: str
-    backends: str | None = None
-    log_level: str | None = None
-    access: AccessConfig = field(default_factory=AccessConfig)
+
+def _system_gid(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return int(name) if name.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Names:
+    """How user and group names become ids: `user_id(name)` / `group_id(name)` -> id, or None when there is
+    no such user or group. Numeric text that names nobody is taken as the id itself. The default asks the
+    system's databases (blocking: called at load only); tests pass their own."""
+
+    user_id: Callable[[str], int | None] = _system_uid
+    group_id: Callable[[str], int | None] = _system_gid
+
+
+SYSTEM_NAMES = Names()
 
 
 def default_socket(environ: Mapping[str, str] | None = None) -> str:
@@ -88,19 +122,47 @@ def config_path(explicit: str | None, environ: Mapping[str, str] | None = None) 
     return default if os.path.exists(default) else None
 
 
-def load(path: str) -> FileValues:
-    """Read and validate the config file at `path`. Raises ConfigInvalid with every problem found."""
+def resolve(*, config: str | None = None, backends: str | None = None, socket: str | None = None,
+            log_level: str | None = None, environ: Mapping[str, str] | None = None,
+            names: Names = SYSTEM_NAMES) -> DaemonConfig:
+    """The daemon's configuration from the command line's values (None: not given), the config file and
+    the defaults, in that order of precedence. Raises ConfigInvalid. Looks names up: call it before the
+    event loop runs."""
+    environ = os.environ if environ is None else environ
+    path = config_path(config, environ)
+    values = read(path, names) if path is not None else {}
+    return DaemonConfig(
+        backends=backends or values.get("backends") or environ.get(BACKENDS_ENV) or DEFAULT_BACKENDS,
+        socket=socket or values.get("socket") or default_socket(environ),
+        socket_mode=values.get("socket_mode", DEFAULT_SOCKET_MODE),
+        socket_group=values.get("socket_group"),
+        socket_gid=values.get("socket_gid"),
+        access=values.get("access", ()),
+        log_level=log_level or values.get("log_level") or "info",
+        config_path=path,
+    )
+
+
+def load(path: str, *, environ: Mapping[str, str] | None = None, names: Names = SYSTEM_NAMES) -> DaemonConfig:
+    """The config file at `path` with the defaults for what it does not set (no flags). Raises
+    ConfigInvalid."""
+    return resolve(config=path, environ=environ, names=names)
+
+
+def read(path: str, names: Names = SYSTEM_NAMES) -> dict[str, Any]:
+    """The `DaemonConfig` fields the file at `path` sets (name -> value). Raises ConfigInvalid with every
+    problem found."""
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else f"not UTF-8 text ({err.reason})"
         raise ConfigInvalid([Problem(path, 1, 1, f"cannot read: {reason}")]) from None
-    return parse(path, text)
+    return parse(path, text, names)
 
 
-def parse(path: str, text: str) -> FileValues:
-    """Validate the config `text` (read from `path`). Raises ConfigInvalid."""
+def parse(path: str, text: str, names: Names = SYSTEM_NAMES) -> dict[str, Any]:
+    """`read` for the config `text` (read from `path`). Raises ConfigInvalid."""
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
@@ -108,99 +170,170 @@ def parse(path: str, text: str) -> FileValues:
     except MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ConfigInvalid([Problem(path, line, col, f"YAML syntax: {err.problem or err.context}")]) from None
+        what = err.problem or err.context
+        raise ConfigInvalid([Problem(path, line, col, f"YAML syntax: {what}")]) from None
     except Exception as err:  # ruamel raises a few unmarked errors (e.g. bad unicode)
         raise ConfigInvalid([Problem(path, 1, 1, f"YAML syntax: {err}")]) from None
     if doc is None:
-        return FileValues(path)  # an empty (or all-comments) file: every default
+        return {}  # an empty (or all-comments) file: every default
     if not isinstance(doc, Mapping):
-        raise ConfigInvalid([Problem(path, *node_position(doc), "expected a mapping of settings (backends:, socket:, ...)")])
-    base = os.path.dirname(os.path.abspath(path))
-    problems: list[Problem] = []
-    for key in doc:
-        if key not in KEYS:
-            problems.append(Problem(path, *key_position(doc, key), f"{key}: unknown key (expected one of {', '.join(KEYS)})"))
-
-    backends = doc.get("backends")
-    if backends is not None and (not isinstance(backends, str) or not backends.strip()):
-        problems.append(Problem(path, *value_position(doc, "backends"), "backends: expected the path of the backends file"))
-        backends = None
-    log_level = doc.get("log_level")
-    if log_level is not None and (not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS):
-        problems.append(Problem(path, *value_position(doc, "log_level"),
-                                f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}"))
-        log_level = None
-
-    access = AccessConfig()
-    try:
-        access = load_access_config({key: doc[key] for key in ("socket", "access") if key in doc})
-    except ValueError as err:
-        problems.append(Problem(path, *_locate(doc, str(err)), str(err)))
-    if problems:
-        raise ConfigInvalid(problems)
-    if access.socket_path is not None and not os.path.isabs(access.socket_path):
-        access = replace(access, socket_path=os.path.join(base, access.socket_path))
-    return FileValues(
-        path=path,
-        backends=os.path.join(base, backends) if backends is not None else None,
-        log_level=log_level.lower() if log_level is not None else None,
-        access=access,
-    )
+        raise ConfigInvalid([Problem(path, *node_position(doc),
+                                     "expected a mapping of settings (backends:, socket:, ...)")])
+    parser = _Parser(path, names)
+    values = parser.parse(doc)
+    if parser.problems:
+        raise ConfigInvalid(parser.problems)
+    return values
 
 
-def resolve(*, config: str | None = None, backends: str | None = None, socket: str | None = None,
-            log_level: str | None = None, environ: Mapping[str, str] | None = None) -> DaemonConfig:
-    """The daemon's settings from the command line's values (None: not given), the config file and the
-    defaults, in that order of precedence. Raises ConfigInvalid."""
-    environ = os.environ if environ is None else environ
-    path = config_path(config, environ)
-    values = load(path) if path is not None else None
-    access = values.access if values is not None else AccessConfig()
-    return DaemonConfig(
-        backends=backends or (values.backends if values else None) or environ.get("SWARMD_BACKENDS") or DEFAULT_BACKENDS,
-        socket=socket or access.socket_path or default_socket(environ),
-        socket_mode=access.socket_mode,
-        socket_group=access.socket_group,
-        access=access,
-        log_level=log_level or (values.log_level if values else None) or "info",
-        config_path=path,
-    )
+class _Parser:
+    """Walks one round-trip document, collecting located problems and the values it sets."""
+
+    def __init__(self, path: str, names: Names) -> None:
+        self.path = path
+        self.base = os.path.dirname(os.path.abspath(path))
+        self.names = names
+        self.problems: list[Problem] = []
+
+    def problem(self, at: tuple[int, int], message: str) -> None:
+        self.problems.append(Problem(self.path, at[0], at[1], message))
+
+    def parse(self, doc: Mapping[Any, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for key in doc:
+            if key not in KEYS:
+                self.problem(key_position(doc, key),
+                             f"{key}: unknown key (expected one of {', '.join(KEYS)})")
+        backends = doc.get("backends")
+        if backends is not None:
+            if not isinstance(backends, str) or not backends.strip():
+                self.problem(value_position(doc, "backends"),
+                             "backends: expected the path of the backends file")
+            else:
+                values["backends"] = os.path.join(self.base, backends)
+        log_level = doc.get("log_level")
+        if log_level is not None:
+            if not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS:
+                self.problem(value_position(doc, "log_level"),
+                             f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {kind(log_level)}")
+            else:
+                values["log_level"] = log_level.lower()
+        if doc.get("socket") is not None:
+            values.update(self.socket(doc))
+        if doc.get("access") is not None:
+            values["access"] = self.access(doc)
+        return values
+
+    def socket(self, doc: Mapping[Any, Any]) -> dict[str, Any]:
+        """```yaml
+        socket:
+          path: /run/swarmd/swarmd.sock
+          mode: "0660"          # quoted: YAML 1.2 reads 0660 as the decimal number 660
+          group: swarm
+        ```"""
+        node = doc["socket"]
+        if not isinstance(node, Mapping):
+            self.problem(value_position(doc, "socket"),
+                         f"socket: expected a mapping with {', '.join(SOCKET_KEYS)}; got {kind(node)}")
+            return {}
+        values: dict[str, Any] = {}
+        for key in node:
+            if key not in SOCKET_KEYS:
+                self.problem(key_position(node, key),
+                             f"socket.{key}: unknown key (expected {', '.join(SOCKET_KEYS)})")
+        path = node.get("path")
+        if path is not None:
+            if not isinstance(path, str) or not path.strip():
+                self.problem(value_position(node, "path"),
+                             f"socket.path: expected a file path, got {kind(path)}")
+            else:
+                values["socket"] = os.path.join(self.base, path)
+        mode = node.get("mode")
+        if mode is not None:
+            try:
+                values["socket_mode"] = parse_mode(mode, "socket.mode")
+            except ValueError as err:
+                self.problem(value_position(node, "mode"), str(err))
+        group = node.get("group")
+        if group is not None:
+            at = value_position(node, "group")
+            if isinstance(group, bool) or not isinstance(group, str | int) or not str(group).strip():
+                self.problem(at, f"socket.group: expected a group name or id, got {kind(group)}")
+            elif (gid := self.names.group_id(str(group))) is None:
+                self.problem(at, f"socket.group: no group {str(group)!r} on this machine")
+            else:
+                values["socket_group"], values["socket_gid"] = str(group), gid
+        return values
+
+    def access(self, doc: Mapping[Any, Any]) -> tuple[AccessRule, ...]:
+        """```yaml
+        access:
+          - {group: swarm, role: poweruser}
+          - {user: alice, role: admin}
+          - {uid: 1001, role: user}
+        ```"""
+        node = doc["access"]
+        if not isinstance(node, list):
+            self.problem(value_position(doc, "access"),
+                         f"access: expected a list of rules like {_EXAMPLE_RULE}, got {kind(node)}")
+            return ()
+        rules = []
+        for index in range(len(node)):
+            rule = self.rule(node, index)
+            if rule is not None:
+                rules.append(rule)
+        return tuple(rules)
+
+    def rule(self, rules: list[Any], index: int) -> AccessRule | None:
+        where = f"access[{index}]"
+        at = _item_position(rules, index)
+        entry = rules[index]
+        if not isinstance(entry, Mapping):
+            self.problem(at, f"{where}: expected a mapping like {_EXAMPLE_RULE}, got {kind(entry)}")
+            return None
+        valid = True
+        for key in entry:
+            if key not in RULE_KEYS:
+                self.problem(key_position(entry, key),
+                             f"{where}.{key}: unknown key (expected one of user, group, uid, and role)")
+                valid = False
+        selectors = [key for key in _SELECTORS if entry.get(key) is not None]
+        if len(selectors) != 1:
+            got = ", ".join(selectors) or "none"
+            self.problem(at, f"{where}: give exactly one of user, group or uid (got {got})")
+            valid = False
+        role = entry.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            self.problem(value_position(entry, "role") if "role" in entry else at,
+                         f"{where}.role: expected one of {', '.join(ROLES)}, got {kind(role)}")
+            valid = False
+        if not valid:
+            return None
+        key = selectors[0]
+        value = entry[key]
+        value_at = value_position(entry, key)
+        if key == "uid":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                self.problem(value_at, f"{where}.uid: expected a non-negative integer, got {kind(value)}")
+                return None
+            return AccessRule(uid=value, role=role, written=f"uid {value}")
+        if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+            self.problem(value_at, f"{where}.{key}: expected a {key} name, got {kind(value)}")
+            return None
+        name = str(value)
+        ident = self.names.user_id(name) if key == "user" else self.names.group_id(name)
+        if ident is None:
+            log.warning("%s:%d:%d: %s.%s: no %s %r on this machine: the rule never matches until swarmd is "
+                        "restarted", self.path, *value_at, where, key, key, name)
+        if key == "user":
+            return AccessRule(uid=ident, role=role, written=f"user {name}")
+        return AccessRule(gid=ident, role=role, written=f"group {name}")
 
 
-# -- locations -------------------------------------------------------------------------------------------
-
-#: The key path load_access_config puts in front of its messages: `socket.mode`, `access[2].role`, ...
-_WHERE = re.compile(r"^(?P<top>[a-z_]+)(?:\[(?P<index>\d+)\])?(?:\.(?P<key>[A-Za-z0-9_-]+))?:")
-
-
-def _locate(doc: Any, message: str) -> tuple[int, int]:
-    """The position of the node a `load_access_config` message is about (its value, or for an unknown
-    key the key itself); the top-level key, or 1:1, when the path cannot be followed."""
-    match = _WHERE.match(message)
-    if match is None or match["top"] not in doc:
-        return 1, 1
-    top = match["top"]
-    node = doc[top]
-    position = value_position(doc, top)
-    if match["index"] is not None:
-        index = int(match["index"])
-        if not isinstance(node, list) or index >= len(node):
-            return position
-        position = _item_pos(node, index)
-        node = node[index]
-    key = match["key"]
-    if key is None or not isinstance(node, Mapping) or key not in node:
-        return position
-    if "unknown key" in message:
-        return key_position(node, key)
-    return value_position(node, key)
-
-
-def _item_pos(node: Any, index: int) -> tuple[int, int]:
+def _item_position(node: Any, index: int) -> tuple[int, int]:
+    """The 1-based (line, col) of item `index` of a round-trip sequence (of the sequence if unknown)."""
     try:
         line, col = node.lc.item(index)
         return line + 1, col + 1
     except Exception:
         return node_position(node)
-
-

@@ -2,26 +2,42 @@
 
 Theory of operation
 -------------------
-* One `Inventory` for the daemon, created on first use (`inventory()`). `NvmlInventory` initialises NVML
-  once; without a driver it says so once in the log and reports an empty, unavailable inventory -- no
-  call ever raises, and nothing is logged per request. Tests replace it at this boundary with
-  `set_inventory(StaticInventory(...))`.
+* Nothing here that can block runs on the event loop. NVML calls block (a busy or wedged driver can take
+  seconds), so they happen in two places only: `load_inventory()`, which the daemon runs once at start in a
+  worker thread, and `refresh()`, which reads the changing figures in a worker thread.
+* `load_inventory()` initialises NVML once and takes the **identity snapshot**: each GPU's index, UUID,
+  name, PCI bus id, total memory, MIG mode and MIG devices (with the memory figures of that moment). GPUs
+  do not come and go while the daemon runs; a new one needs a restart of the daemon. `inventory()` gives
+  the inventory, loading it synchronously on first use if nobody did (`swarmd check`, tests). Without a
+  driver the inventory is unavailable and empty, says so once in the log, and no call ever raises. Tests
+  replace it at this boundary with `set_inventory(StaticInventory(...))`.
+* `resolve`, `validate`, `place_auto` and `place` use the snapshot only: no NVML call, so validating a
+  gpu_id (each check, reload, EditBackend) and placing a start cost microseconds.
 * `resolve(gpu_id)` turns what a person wrote -- `0`, `0,1`, a GPU UUID or unique prefix, a MIG UUID --
   into the devices of this machine, or raises `PinError` naming what is wrong and what exists. The child
   gets `CUDA_VISIBLE_DEVICES` written with full UUIDs and `CUDA_DEVICE_ORDER=PCI_BUS_ID`, so the GPU a
   person names is the GPU the process uses, whatever order CUDA would pick (SwarmUI #956). Without NVML
   the pin cannot be checked: it is passed on as written, still with PCI bus order.
-* `auto` is placed at each start: among the GPUs with the fewest swarmd backends pinned to them, the one
-  with the most free memory.
+* `auto` is placed at each start (`place`): among the GPUs with the fewest swarmd backends pinned to them,
+  the one with the most free memory (as last refreshed, else as in the snapshot).
+* The changing figures -- memory used/free, utilization, temperature, GPU memory per process -- are read by
+  `refresh(max_age)` in a worker thread, at most every `max_age` seconds; concurrent callers share one
+  read. `group_memory()` and `gpus()` give the last figures read and never call NVML.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
+import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from swarmd.settings import describe
 
 log = logging.getLogger("swarmd.gpu")
 
@@ -106,7 +122,10 @@ class StaticInventory:
 
 
 class NvmlInventory:
-    """The real inventory over NVML. Every call is guarded: a failing query gives what could be read."""
+    """The real inventory over NVML. Every call is guarded: a failing query gives what could be read.
+
+    Its methods block: call them in a worker thread (`load_inventory`, `refresh`), never on the event loop.
+    """
 
     def __init__(self) -> None:
         self.available = False
@@ -121,14 +140,15 @@ class NvmlInventory:
             return
         self._nvml = pynvml
         self.available = True
-        log.info("NVML: %d GPUs (driver %s)", len(self.gpus()), self._call("nvmlSystemGetDriverVersion",
-                                                                        default="?"))
 
     def _call(self, name: str, *args: Any, default: Any = None) -> Any:
         try:
             return getattr(self._nvml, name)(*args)
         except Exception:
             return default
+
+    def driver_version(self) -> str:
+        return _text(self._call("nvmlSystemGetDriverVersion", default="?")) if self.available else ""
 
     def gpus(self) -> list[GPU]:
         if not self.available:
@@ -181,28 +201,102 @@ class NvmlInventory:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _nvml_text(err: Exception) -> str:
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
+@dataclass(frozen=True)
+class _Figures:
+    """One refresh: when it was read (time.monotonic), each GPU as read then (by UUID), memory by pgid."""
+
+    taken: float
+    gpus: dict[str, GPU]
+    groups: dict[int, int]
+
+
+_lock = threading.Lock()  # loading: the start-up thread and a first synchronous use may race
 _inventory: Inventory | None = None
+_snapshot: tuple[GPU, ...] | None = None  # the identity snapshot; None: not loaded
+_figures: _Figures | None = None  # the last refresh
+_stale = False  # forget_cache(): the next refresh reads, whatever its max_age
+_flight: Any = None  # the trio.Event of the refresh in progress (single flight)
+
+
+def load_inventory() -> None:
+    """Initialise NVML (once) and take the identity snapshot. Blocking: the daemon runs it once at start in
+    a worker thread. Does nothing when already loaded."""
+    _load()
+
+
+def _load() -> Inventory:
+    global _inventory, _snapshot
+    with _lock:
+        inv = _inventory
+        if inv is not None and _snapshot is not None:
+            return inv
+        if inv is None:
+            inv = _inventory = NvmlInventory()
+        gpus = tuple(inv.gpus()) if inv.available else ()
+        _snapshot = gpus
+    if isinstance(inv, NvmlInventory) and inv.available:
+        log.info("NVML: %d GPUs (driver %s)%s", len(gpus), inv.driver_version(),
+                 "".join(f"; {g.index}: {g.name} {g.uuid}" for g in gpus))
+    return inv
 
 
 def inventory() -> Inventory:
-    """The daemon's inventory, created (NVML initialised) on first use."""
-    global _inventory
-    if _inventory is None:
-        _inventory = NvmlInventory()
-    return _inventory
+    """The daemon's inventory, loaded (NVML initialised, snapshot taken) synchronously on first use if
+    `load_inventory` has not run."""
+    inv = _inventory
+    return inv if inv is not None and _snapshot is not None else _load()
+
+
+def available() -> bool:
+    """Whether NVML sees this machine (loading the inventory on first use, as `inventory()`)."""
+    return inventory().available
 
 
 def set_inventory(value: Inventory | None) -> None:
-    """Replace the inventory (tests: a fake one at this boundary; None: NVML again on next use)."""
-    global _inventory
-    _inventory = value
+    """Replace the inventory (tests: a fake one at this boundary; None: NVML again on next use). The
+    snapshot is taken from it on first use; the refreshed figures are forgotten."""
+    global _inventory, _snapshot, _figures, _stale
+    with _lock:
+        _inventory = value
+        _snapshot = None
+        _figures = None
+        _stale = False
+
+
+def _identity() -> tuple[GPU, ...]:
+    if _snapshot is None:
+        _load()
+    return _snapshot or ()
+
+
+def gpus() -> list[GPU]:
+    """The machine's GPUs: identity from the snapshot, memory/utilization/temperature from the last refresh
+    (the snapshot's own figures before any). Never calls NVML (once loaded)."""
+    identity = _identity()
+    figures = _figures
+    if figures is None:
+        return list(identity)
+    return [_merge(g, figures.gpus.get(g.uuid)) for g in identity]
+
+
+def _merge(known: GPU, read: GPU | None) -> GPU:
+    """The GPU of the snapshot with the changing figures of a refresh (identity never changes)."""
+    if read is None:
+        return known
+    migs = {m.uuid: m for m in read.mig_devices}
+    return dataclasses.replace(
+        known, memory_used=read.memory_used, memory_free=read.memory_free,
+        utilization_gpu=read.utilization_gpu, utilization_memory=read.utilization_memory,
+        temperature=read.temperature,
+        mig_devices=tuple(dataclasses.replace(m, memory_used=migs[m.uuid].memory_used) if m.uuid in migs
+                          else m for m in known.mig_devices))
 
 
 # -- pins ------------------------------------------------------------------------------------------------
@@ -238,64 +332,69 @@ def _split(gpu_id: str) -> list[str]:
     return [part.strip() for part in str(gpu_id).split(",")]
 
 
+_INDEX = re.compile(r"[0-9]{1,4}")
+_UUID = re.compile(r"(GPU|MIG)-[A-Za-z0-9/_.:-]+")
+
+
 def check_syntax(gpu_id: str) -> str:
     """The shape check that needs no inventory. Returns the normalized text; raises PinError."""
     text = str(gpu_id).strip()
     if text in ("", "auto"):
         return text
     parts = _split(text)
+    seen: set[str] = set()
     for part in parts:
         if not part:
-            raise PinError(f"expected a GPU index, a list (0,1), a GPU/MIG UUID or auto, got {gpu_id!r}")
-        if not (part.isdigit() or part.startswith(("GPU-", "MIG-"))):
-            raise PinError(f"{part!r} is not a GPU index or UUID (expected e.g. 0, 0,1, GPU-8a2f..., "
+            raise PinError(f"expected a GPU index, a list (0,1), a GPU/MIG UUID or auto, "
+                           f"got {describe(gpu_id)}")
+        if not (_INDEX.fullmatch(part) or _UUID.fullmatch(part)):
+            raise PinError(f"{describe(part)} is not a GPU index or UUID (expected e.g. 0, 0,1, GPU-8a2f..., "
                            "MIG-..., or auto)")
-    duplicate = next((p for p in parts if parts.count(p) > 1), None)
-    if duplicate is not None:
-        raise PinError(f"GPU {duplicate!r} is listed twice")
+        if part in seen:
+            raise PinError(f"GPU {describe(part)} is listed twice")
+        seen.add(part)
     return ",".join(parts)
 
 
-def resolve(gpu_id: str, inv: Inventory | None = None) -> Pin:
-    """Resolve an explicit pin (not `auto`) against the machine. Raises PinError."""
+def resolve(gpu_id: str) -> Pin:
+    """Resolve an explicit pin (not `auto`) against the snapshot (no NVML call). Raises PinError."""
     text = check_syntax(gpu_id)
     if text == "":
         return Pin()
     if text == "auto":
         raise PinError("auto is placed at start, not resolved")
-    inv = inv or inventory()
-    if not inv.available:
+    if not inventory().available:
         return Pin(visible=text)
-    gpus = inv.gpus()
-    migs = [m for g in gpus for m in g.mig_devices]
+    known = _identity()
+    migs = [m for g in known for m in g.mig_devices]
     chosen_gpus: list[GPU] = []
     chosen_migs: list[MigDevice] = []
     seen: set[str] = set()
     for part in _split(text):
         if part.isdigit():
-            match = [g for g in gpus if g.index == int(part)]
+            match = [g for g in known if g.index == int(part)]
             if not match:
-                raise PinError(f"no GPU {part!r} (this machine has {_indices(gpus)})")
+                raise PinError(f"no GPU {describe(part)} (this machine has {_indices(known)})")
             device: GPU | MigDevice = match[0]
         elif part.startswith("GPU-"):
-            match = [g for g in gpus if g.uuid.startswith(part)]
+            match = [g for g in known if g.uuid.startswith(part)]
             if not match:
-                raise PinError(f"no GPU with UUID {part!r} on this machine (it has {_uuids(gpus)})")
+                raise PinError(f"no GPU with UUID {describe(part)} on this machine (it has {_uuids(known)})")
             if len(match) > 1:
-                raise PinError(f"UUID prefix {part!r} is not unique: it matches "
+                raise PinError(f"UUID prefix {describe(part)} is not unique: it matches "
                                f"{', '.join(g.uuid for g in match)}")
             device = match[0]
         else:
             mig_match = [m for m in migs if m.uuid.startswith(part)]
             if not mig_match:
-                raise PinError(f"no MIG device {part!r} on this machine"
+                raise PinError(f"no MIG device {describe(part)} on this machine"
                                + (f" (it has {', '.join(m.uuid for m in migs)})" if migs else
                                   " (no GPU is in MIG mode)"))
             if len(mig_match) > 1:
-                raise PinError(f"MIG UUID prefix {part!r} is not unique")
+                raise PinError(f"MIG UUID prefix {describe(part)} is not unique")
             device = mig_match[0]
         if device.uuid in seen:
-            raise PinError(f"{part!r} names a GPU already listed")
+            raise PinError(f"{describe(part)} names a GPU already listed")
         seen.add(device.uuid)
         if isinstance(device, GPU):
             chosen_gpus.append(device)
@@ -306,79 +405,116 @@ def resolve(gpu_id: str, inv: Inventory | None = None) -> Pin:
 
 
 def validate(gpu_id: str) -> str:
-    """For the settings schema: syntax always, existence when NVML is present. Raises PinError."""
+    """For the settings schema: syntax always, existence when NVML is present (against the snapshot).
+    Returns the normalized text; raises PinError."""
     text = check_syntax(gpu_id)
     if text not in ("", "auto"):
         resolve(text)
     return text
 
 
-def place_auto(pinned_counts: dict[str, int], inv: Inventory | None = None) -> Pin:
-    """`auto`: among the GPUs with the fewest swarmd backends pinned, the one with the most free memory.
+def place_auto(pinned_counts: Mapping[str, int]) -> Pin:
+    """`auto`: among the GPUs with the fewest swarmd backends pinned, the one with the most free memory
+    (as last refreshed, else as in the snapshot). No NVML call.
 
     `pinned_counts` maps GPU UUID -> backends pinned to it now. Raises PinError without any GPU.
     """
-    inv = inv or inventory()
-    gpus = [g for g in inv.gpus() if not g.mig_mode]
-    if not inv.available or not gpus:
+    whole = [g for g in gpus() if not g.mig_mode] if inventory().available else []
+    if not whole:
         raise PinError("gpu_id is auto, but this machine has no GPU that NVML can see")
-    fewest = min(pinned_counts.get(g.uuid, 0) for g in gpus)
-    candidates = [g for g in gpus if pinned_counts.get(g.uuid, 0) == fewest]
+    fewest = min(pinned_counts.get(g.uuid, 0) for g in whole)
+    candidates = [g for g in whole if pinned_counts.get(g.uuid, 0) == fewest]
     best = max(candidates, key=lambda g: (g.memory_free, -g.index))
     return Pin(visible=best.uuid, gpus=(best,), checked=True)
 
 
-def memory_by_pid(inv: Inventory | None = None) -> dict[int, int]:
-    """GPU memory held by each process (bytes, summed over devices). Empty without NVML."""
-    inv = inv or inventory()
+def place(gpu_id: str, pinned_counts: Mapping[str, int]) -> Pin:
+    """The pin for one start: an explicit pin resolved, `auto` placed among the GPUs with the fewest
+    backends (`pinned_counts`: GPU UUID -> other backends with a live process pinned to it). No NVML call.
+    Raises PinError."""
+    if str(gpu_id).strip() == "auto":
+        return place_auto(pinned_counts)
+    return resolve(gpu_id)
+
+
+# -- the changing figures: read in a worker thread ----------------------------------------------------
+
+
+def _read_figures() -> _Figures:
+    """Blocking: read memory, utilization, temperature and per-process memory (a worker thread only)."""
+    inv = inventory()
+    taken = time.monotonic()
     if not inv.available:
-        return {}
-    totals: dict[int, int] = {}
+        return _Figures(taken, {}, {})
+    read = {g.uuid: g for g in inv.gpus()}
+    groups: dict[int, int] = {}
     for use in inv.processes():
-        totals[use.pid] = totals.get(use.pid, 0) + use.used_memory
-    return totals
-
-
-_GROUP_CACHE_SECONDS = 0.5
-_group_cache: tuple[float, dict[int, int]] | None = None
-
-
-def memory_by_group(inv: Inventory | None = None) -> dict[int, int]:
-    """GPU memory held by each process group (bytes), keyed by pgid: a backend's main process and every
-    child it started. Only the few processes NVML lists are looked up; cached for half a second so a
-    ListBackends of many backends costs one NVML query. Empty without NVML."""
-    global _group_cache
-    now = time.monotonic()
-    if _group_cache is not None and now - _group_cache[0] < _GROUP_CACHE_SECONDS and inv is None:
-        return _group_cache[1]
-    totals: dict[int, int] = {}
-    for pid, used in memory_by_pid(inv).items():
         try:
-            pgid = os.getpgid(pid)
+            pgid = os.getpgid(use.pid)
         except OSError:
             continue  # gone, or in another pid namespace
-        totals[pgid] = totals.get(pgid, 0) + used
-    if inv is None:
-        _group_cache = (now, totals)
-    return totals
+        groups[pgid] = groups.get(pgid, 0) + use.used_memory
+    return _Figures(taken, read, groups)
+
+
+async def refresh(max_age: float = 0.5) -> None:
+    """Read the changing figures again in a worker thread, unless the last read is younger than `max_age`
+    seconds. Concurrent callers share one read (single flight). Loads the inventory (in the thread) if
+    nobody did. Never raises for NVML's sake; cancellation abandons the thread."""
+    global _figures, _flight, _stale
+    import trio
+
+    figures = _figures
+    if figures is not None and not _stale and time.monotonic() - figures.taken < max_age:
+        return
+    inv = _inventory
+    if _snapshot is not None and inv is not None and not inv.available:
+        return  # no driver: nothing changes, nothing to read
+    if _flight is not None:
+        await _flight.wait()
+        return
+    done = _flight = trio.Event()
+    try:
+        if _snapshot is None:
+            await trio.to_thread.run_sync(load_inventory, abandon_on_cancel=True)
+        stale_before, reading = _stale, _inventory
+        read = await trio.to_thread.run_sync(_read_figures, abandon_on_cancel=True)
+        if _inventory is reading:  # not replaced meanwhile (set_inventory)
+            _figures = read
+            if stale_before:
+                _stale = False
+    finally:
+        _flight = None
+        done.set()
+
+
+def group_memory() -> dict[int, int] | None:
+    """GPU memory held by each process group (bytes) at the last refresh, keyed by pgid: a backend's main
+    process and every child it started. None when NVML is unavailable or the inventory is not loaded yet;
+    {} before the first refresh. Never calls NVML."""
+    inv = _inventory
+    if _snapshot is None or inv is None or not inv.available:
+        return None
+    figures = _figures
+    return dict(figures.groups) if figures is not None else {}
 
 
 def forget_cache() -> None:
-    global _group_cache
-    _group_cache = None
+    """Make the next `refresh` read, whatever its max_age (the last figures stay readable until then)."""
+    global _stale
+    _stale = True
 
 
 async def resource_info() -> dict[str, dict[str, Any]]:
-    """GetServerResourceInfo's "gpus" section: {"0": {...}, ...}; empty without NVML."""
-    import trio
-
-    gpus = await trio.to_thread.run_sync(lambda: inventory().gpus())
-    return {str(g.index): g.to_api() for g in gpus}
-
-
-def _indices(gpus: list[GPU]) -> str:
-    return ", ".join(str(g.index) for g in gpus) if gpus else "no GPUs"
+    """GetServerResourceInfo's "gpus" section: {"0": {...}, ...}, refreshed through `refresh`; empty
+    without NVML."""
+    await refresh()
+    return {str(g.index): g.to_api() for g in gpus()}
 
 
-def _uuids(gpus: list[GPU]) -> str:
-    return ", ".join(g.uuid for g in gpus) if gpus else "no GPUs"
+def _indices(known: Sequence[GPU]) -> str:
+    return ", ".join(str(g.index) for g in known) if known else "no GPUs"
+
+
+def _uuids(known: Sequence[GPU]) -> str:
+    return ", ".join(g.uuid for g in known) if known else "no GPUs"

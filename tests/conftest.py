@@ -1,4 +1,5 @@
-"""Shared fixtures: `make_fleet` runs a Fleet in the test's trio run, with the real guardian and real children."""
+"""Shared fixtures: `make_fleet` runs a Fleet in the test's trio run, with the real guardian and real children;
+`start_daemon` runs real `swarmd serve` daemons (tests/helpers.py's Daemon) and stops them after the test."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import trio
 
 from swarmd.fleet import Fleet
 from swarmd.supervise.process import Guardian
-from tests.helpers import backend_yaml
+from tests.helpers import Daemon, backend_yaml
 
 
 @pytest.fixture
@@ -31,3 +32,24 @@ async def make_fleet(nursery, tmp_path):
     guardian.close()
 
 
+@pytest.fixture
+def start_daemon(tmp_path):
+    """`start_daemon(backends, **kwargs)`: a Daemon in this test's tmp_path (or `directory=`), listening
+    when it returns. `backends` is a {id: spec} dict for backend_yaml, the text of the file, or None (the
+    file is there already). Whatever still runs at the end of the test is stopped (SIGTERM, then SIGKILL)."""
+    started: list[Daemon] = []
+
+    def start(backends: dict[int, dict] | str | None = None, *, directory=None, **kwargs) -> Daemon:
+        text = backend_yaml(backends) if isinstance(backends, dict) else backends
+        daemon = Daemon(tmp_path if directory is None else directory, text, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    hung = []
+    for daemon in started:
+        try:
+            daemon.stop()
+        except AssertionError as err:  # SIGTERM did not end it: it was SIGKILLed, and that is a bug
+            hung.append(str(err))
+    assert not hung, hung

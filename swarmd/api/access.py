@@ -3,15 +3,22 @@
 Theory of operation
 -------------------
 swarmd has no sessions or passwords: the kernel tells us who is on the other end of the unix socket
-(`SO_PEERCRED`: pid, uid, gid). That identity maps to one of SwarmUI's roles, and each role carries
-SwarmUI's default permission flags:
+(`SO_PEERCRED`: pid, uid, gid, and with `SO_PEERGROUPS` the supplementary groups). That identity maps to
+one of SwarmUI's roles, and each role carries SwarmUI's default permission flags:
 
 * root (uid 0) and the daemon's own uid are always `owner`, which holds every flag (`"*"`);
 * otherwise the daemon config's `access:` rules are tried in order and the first that matches gives the
-  role (a rule matches by user name, by group -- primary or supplementary -- or by uid);
+  role (a rule matches by uid -- `user:` names are resolved to uids when the config is loaded -- or by
+  group, primary or supplementary -- `group:` names are resolved to gids at load too);
 * anyone else has no role and no flags, so every flagged route answers `bad_permissions`.
 
 A caller whose credentials could not be read is treated like "anyone else": denied.
+
+Nothing here blocks the event loop. Matching a rule is integer comparison. The user database (pwd, grp,
+getgrouplist: LDAP or SSSD behind NSS can take seconds) is consulted only when the kernel did not give
+the peer's groups (kernels before 4.13) and a rule needs them, or for GetNewSession's user name; those
+look-ups run in worker threads (at most `USER_DB_THREADS` at a time) and their answers are cached for
+`CACHE_SECONDS`.
 
 Trust model: a role that may add or edit backends may make the daemon run any command as the daemon's
 user (like SwarmUI's StartScript), so those flags belong to ADMINS only.
@@ -19,12 +26,14 @@ user (like SwarmUI's StartScript), so those flags belong to ADMINS only.
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import trio
 
 ROLES: tuple[str, ...] = ("guest", "user", "poweruser", "admin", "owner")
 OWNER = "owner"
@@ -45,6 +54,12 @@ FLAGS: dict[str, frozenset[str]] = {
 }
 
 DEFAULT_SOCKET_MODE = 0o660
+#: How long a user-database answer (login groups, user name) is reused.
+CACHE_SECONDS = 60.0
+#: The most uids whose answers are kept (a flood of distinct callers cannot grow the cache without bound).
+CACHE_SIZE = 1024
+#: The most user-database look-ups running at once (a stuck LDAP server must not take every worker thread).
+USER_DB_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -59,61 +74,104 @@ class PeerCred:
 
 @dataclass(frozen=True)
 class AccessRule:
-    """One `access:` entry: exactly one of user / group / uid, and the role it grants."""
+    """One `access:` entry, with its user or group name already resolved (by `swarmd.config`, at load).
 
-    user: str | None = None
-    group: str | None = None
-    uid: int | None = None
-    role: str = "user"
-
-    def matches(self, uid: int, gids: Iterable[int], user_name: str | None) -> bool:
-        if self.uid is not None:
-            return uid == self.uid
-        if self.user is not None:
-            return user_name is not None and user_name == self.user
-        if self.group is not None:
-            gid = _group_id(self.group)
-            return gid is not None and gid in set(gids)
-        return False
-
-
-@dataclass(frozen=True)
-class AccessConfig:
-    """The `socket:` and `access:` parts of the daemon config.
-
-    `socket_path`/`socket_mode`/`socket_group` are None where the config does not set them (the daemon's
-    command line or defaults decide).
+    Exactly one of `uid` / `gid` is set, or neither: a rule whose user or group did not exist when the
+    config was loaded, which never matches. `written` is the selector as the config wrote it
+    ("user alice", "group swarm", "uid 1001"), for messages.
     """
 
-    rules: list[AccessRule] = field(default_factory=list)
-    socket_path: str | None = None
-    socket_mode: int | None = None
-    socket_group: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    role: str = "user"
+    written: str = ""
 
-    def role_for(self, uid: int, gid: int, groups: Iterable[int] | None = None) -> str | None:
-        """The role of a peer, or None (no permissions). Root and the daemon's own uid are owner.
+    def matches(self, uid: int, gids: Iterable[int]) -> bool:
+        """True when a caller with `uid` and groups `gids` (primary and supplementary) matches."""
+        if self.uid is not None:
+            return uid == self.uid
+        if self.gid is not None:
+            return self.gid in gids
+        return False
 
-        `groups` are the peer's supplementary groups as the kernel reported them; when None they are looked
-        up from the user database (the groups the user would get at login).
+    @property
+    def needs_groups(self) -> bool:
+        return self.uid is None and self.gid is not None
+
+
+def role_of(rules: Iterable[AccessRule], uid: int, gids: Iterable[int],
+            owner_uid: int | None = None) -> str | None:
+    """The role of a caller with `uid` and groups `gids` under `rules` (first match wins), or None.
+
+    Root and `owner_uid` (default: the daemon's own uid) are owner. Pure: no look-up.
+    """
+    if uid == 0 or uid == (os.getuid() if owner_uid is None else owner_uid):
+        return OWNER
+    gid_set = frozenset(gids)
+    for rule in rules:
+        if rule.matches(uid, gid_set):
+            return rule.role
+    return None
+
+
+class Access:
+    """Resolves a peer to its role under the config's `access:` rules, without blocking the event loop.
+
+    Owns a cache of the user database's answers (login groups per uid), used only for peers whose
+    supplementary groups the kernel did not give.
+    """
+
+    def __init__(
+        self,
+        rules: Iterable[AccessRule] = (),
+        *,
+        owner_uid: int | None = None,
+        login_groups: Callable[[int], tuple[int, ...] | None] | None = None,
+        cache_seconds: float = CACHE_SECONDS,
+        cache_size: int = CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`login_groups(uid)` (blocking; run in a thread) gives the groups the user gets at login, or None
+        when the uid has no user; the default asks the system's user database."""
+        self.rules: tuple[AccessRule, ...] = tuple(rules)
+        self.owner_uid = os.getuid() if owner_uid is None else owner_uid
+        self._login_groups = login_groups or lookup_login_groups
+        self._needs_groups = any(rule.needs_groups for rule in self.rules)
+        self._groups_cache: _Cache[tuple[int, ...] | None] = _Cache(cache_seconds, cache_size, clock)
+
+    @classmethod
+    def of(cls, value: Access | Iterable[AccessRule] | None) -> Access:
+        """`value` itself when it is an Access, else an Access over those rules (None: no rules)."""
+        if isinstance(value, Access):
+            return value
+        return cls(value or ())
+
+    async def role(self, peer: PeerCred) -> str | None:
+        """The role of `peer`, or None (no permissions).
+
+        With the peer's supplementary groups from the kernel (`peer.groups`), or when no rule names a
+        group, this never looks anything up. Otherwise the user's login groups are looked up in a worker
+        thread (cached per uid for `cache_seconds`).
         """
-        if uid == 0 or uid == os.getuid():
+        if peer.uid == 0 or peer.uid == self.owner_uid:
             return OWNER
         if not self.rules:
             return None
-        user_name = _user_name(uid)
-        if groups is None:
-            gids = set(_login_groups(user_name, gid)) if user_name else {gid}
+        if peer.groups is not None:
+            gids: Iterable[int] = (peer.gid, *peer.groups)
+        elif self._needs_groups:
+            gids = (peer.gid, *(await self.login_groups(peer.uid) or ()))
         else:
-            gids = {gid, *groups}
-        for rule in self.rules:
-            if rule.matches(uid, gids, user_name):
-                return rule.role
-        return None
+            gids = (peer.gid,)
+        return role_of(self.rules, peer.uid, gids, self.owner_uid)
 
-
-def role_for(uid: int, gid: int, groups: Iterable[int] | None = None, config: AccessConfig | None = None) -> str | None:
-    """Module-level shortcut for `AccessConfig.role_for` (no config: only root and our own uid)."""
-    return (config or AccessConfig()).role_for(uid, gid, groups)
+    async def login_groups(self, uid: int) -> tuple[int, ...] | None:
+        """The groups `uid`'s user gets at login (None: no such user); cached, looked up in a thread."""
+        found, groups = self._groups_cache.get(uid)
+        if not found:
+            groups = await _in_thread(self._login_groups, uid)
+            self._groups_cache.put(uid, groups)
+        return groups
 
 
 def has_flag(role: str | None, flag: str | None) -> bool:
@@ -136,62 +194,16 @@ def permissions(role: str | None) -> list[str]:
     return sorted(flag for flag, roles in FLAGS.items() if role in roles)
 
 
-def user_label(uid: int) -> str:
-    """A user's name for display (GetNewSession's user_id), or `uid-N` when it has none."""
-    return _user_name(uid) or f"uid-{uid}"
+async def user_label(uid: int) -> str:
+    """A user's name for display (GetNewSession's user_id), or `uid-N` when it has none.
 
-
-# -- the daemon config ---------------------------------------------------------------------------------
-
-
-def load_access_config(data: Mapping[str, Any] | None) -> AccessConfig:
-    """Parse the `socket:` and `access:` parts of the daemon config (the whole config mapping is passed;
-    other keys are left to their owners).
-
-    ```yaml
-    socket:
-      path: /run/swarmd/swarmd.sock
-      mode: "0660"          # quoted: YAML 1.2 reads 0660 as the decimal number 660
-      group: swarm
-    access:
-      - {group: swarm, role: poweruser}
-      - {user: alice, role: admin}
-      - {uid: 1001, role: user}
-    ```
-
-    Raises ValueError with a message naming the key and what was expected.
+    Looked up in a worker thread and cached for CACHE_SECONDS.
     """
-    if data is None:
-        return AccessConfig()
-    if not isinstance(data, Mapping):
-        raise ValueError(f"config: expected a mapping at the top level, got {_kind(data)}")
-    socket_path = socket_mode = socket_group = None
-    sock = data.get("socket")
-    if sock is not None:
-        if not isinstance(sock, Mapping):
-            raise ValueError(f"socket: expected a mapping with path, mode, group; got {_kind(sock)}")
-        for key in sock:
-            if key not in ("path", "mode", "group"):
-                raise ValueError(f"socket.{key}: unknown key (expected path, mode, group)")
-        if sock.get("path") is not None:
-            if not isinstance(sock["path"], str) or not sock["path"]:
-                raise ValueError(f"socket.path: expected a file path, got {_kind(sock['path'])}")
-            socket_path = sock["path"]
-        if sock.get("mode") is not None:
-            socket_mode = parse_mode(sock["mode"], "socket.mode")
-        if sock.get("group") is not None:
-            group = sock["group"]
-            if isinstance(group, bool) or not isinstance(group, str | int):
-                raise ValueError(f"socket.group: expected a group name or id, got {_kind(group)}")
-            socket_group = str(group)
-    rules_raw = data.get("access")
-    rules: list[AccessRule] = []
-    if rules_raw is not None:
-        if not isinstance(rules_raw, list):
-            raise ValueError(f"access: expected a list of rules like {{user: alice, role: admin}}, got {_kind(rules_raw)}")
-        for index, entry in enumerate(rules_raw):
-            rules.append(_parse_rule(entry, f"access[{index}]"))
-    return AccessConfig(rules=rules, socket_path=socket_path, socket_mode=socket_mode, socket_group=socket_group)
+    found, name = _names.get(uid)
+    if not found:
+        name = await _in_thread(lookup_user_name, uid)
+        _names.put(uid, name)
+    return name or f"uid-{uid}"
 
 
 def parse_mode(value: Any, where: str = "mode") -> int:
@@ -202,7 +214,7 @@ def parse_mode(value: Any, where: str = "mode") -> int:
     """
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(f"{where}: write the mode as a quoted octal string such as \"0660\" "
-                         f"(got {_kind(value)}; YAML 1.2 reads an unquoted 0660 as the decimal number 660)")
+                         f"(got {kind(value)}; YAML 1.2 reads an unquoted 0660 as the decimal number 660)")
     text = value.strip().lower()
     if text.startswith("0o"):
         text = text[2:]
@@ -214,57 +226,8 @@ def parse_mode(value: Any, where: str = "mode") -> int:
     return mode
 
 
-def _parse_rule(entry: Any, where: str) -> AccessRule:
-    if not isinstance(entry, Mapping):
-        raise ValueError(f"{where}: expected a mapping like {{user: alice, role: admin}}, got {_kind(entry)}")
-    for key in entry:
-        if key not in ("user", "group", "uid", "role"):
-            raise ValueError(f"{where}.{key}: unknown key (expected one of user, group, uid, and role)")
-    selectors = [key for key in ("user", "group", "uid") if entry.get(key) is not None]
-    if len(selectors) != 1:
-        raise ValueError(f"{where}: give exactly one of user, group or uid (got {', '.join(selectors) or 'none'})")
-    role = entry.get("role")
-    if role not in ROLES:
-        raise ValueError(f"{where}.role: expected one of {', '.join(ROLES)}, got {role!r}")
-    key = selectors[0]
-    value = entry[key]
-    if key == "uid":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{where}.uid: expected a non-negative integer, got {value!r}")
-        return AccessRule(uid=value, role=role)
-    if isinstance(value, bool) or not isinstance(value, str | int) or str(value) == "":
-        raise ValueError(f"{where}.{key}: expected a {key} name, got {value!r}")
-    if key == "user":
-        return AccessRule(user=str(value), role=role)
-    return AccessRule(group=str(value), role=role)
-
-
-# -- user database helpers ---------------------------------------------------------------------------
-
-
-def _user_name(uid: int) -> str | None:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
-
-
-def _group_id(group: str) -> int | None:
-    """A group name (or a numeric id written as text) -> gid; None when no such group exists."""
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        return int(group) if group.isdigit() else None
-
-
-def _login_groups(user_name: str, gid: int) -> list[int]:
-    try:
-        return os.getgrouplist(user_name, gid)
-    except OSError:
-        return [gid]
-
-
-def _kind(value: Any) -> str:
+def kind(value: Any) -> str:
+    """How a config value is described in a message: `number 660`, `'text'`, `a list`, ..."""
     if value is None:
         return "nothing"
     if isinstance(value, bool):
@@ -278,3 +241,73 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return type(value).__name__
+
+
+# -- the user database (blocking: worker threads only) ------------------------------------------------
+
+
+def lookup_login_groups(uid: int) -> tuple[int, ...] | None:
+    """The groups `uid`'s user gets at login (primary first), or None when the uid has no user. BLOCKS."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return None
+    try:
+        return tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    except OSError:
+        return (entry.pw_gid,)
+
+
+def lookup_user_name(uid: int) -> str | None:
+    """The name of `uid`'s user, or None. BLOCKS."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("swarmd_user_db_limiter")
+
+T = TypeVar("T")
+
+
+async def _in_thread(function: Callable[[int], T], uid: int) -> T:
+    """`function(uid)` in a worker thread; a cancelled caller abandons it (the thread finishes alone)."""
+    try:
+        limiter = _limiter.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(USER_DB_THREADS)
+        _limiter.set(limiter)
+    return await trio.to_thread.run_sync(function, uid, limiter=limiter, abandon_on_cancel=True,
+                                         thread_name=f"swarmd user database look-up (uid {uid})")
+
+
+class _Cache(Generic[T]):
+    """uid -> answer, each kept `seconds`; at most `size` entries (the oldest go first)."""
+
+    def __init__(self, seconds: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.size = size
+        self.clock = clock
+        self._entries: dict[int, tuple[float, T]] = {}
+
+    def get(self, uid: int) -> tuple[bool, T | None]:
+        entry = self._entries.get(uid)
+        if entry is None:
+            return False, None
+        if entry[0] <= self.clock():
+            del self._entries[uid]
+            return False, None
+        return True, entry[1]
+
+    def put(self, uid: int, value: T) -> None:
+        self._entries.pop(uid, None)
+        while len(self._entries) >= self.size:
+            del self._entries[next(iter(self._entries))]  # dicts keep insertion order: the oldest
+        self._entries[uid] = (self.clock() + self.seconds, value)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_names: _Cache[str | None] = _Cache(CACHE_SECONDS, CACHE_SIZE)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
@@ -44,8 +44,8 @@ MAX_BODY = 1024 * 1024
 BODY_TIMEOUT = 30
 #: The key under which server.py puts the PeerCred (or None) into the ASGI scope's connection state.
 PEER_STATE_KEY = "swarmd.peer"
-#: The key under which the AccessConfig lives in app.config.
-ACCESS_CONFIG_KEY = "SWARMD_ACCESS"
+#: The key under which the `access.Access` (the role resolver) lives in app.config.
+ACCESS_KEY = "SWARMD_ACCESS"
 
 API_PREFIX = "/API/"
 
@@ -58,19 +58,21 @@ BAD_PERMISSIONS = ApiError("You lack permissions for this route.", error_id="bad
 def create_app(
     fleet: Fleet,
     *,
-    access_config: access.AccessConfig | None = None,
+    access_rules: access.Access | Iterable[access.AccessRule] | None = None,
     daemon_status: DaemonStatusHook | None = None,
     gpu_info: GpuInfoHook | None = None,
 ) -> QuartTrio:
     """Build the API app for `fleet`. `gpu_info` is the hook that fills GetServerResourceInfo's "gpus";
-    `daemon_status` adds fields to GetDaemonStatus. Owns nothing but the app object; never raises."""
+    `daemon_status` adds fields to GetDaemonStatus; `access_rules` (the config's resolved `access:` rules,
+    or an `access.Access` over them) give callers their roles. Owns nothing but the app object; never
+    raises."""
     app = QuartTrio("swarmd.api")
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
         BODY_TIMEOUT=BODY_TIMEOUT,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
-    app.config[ACCESS_CONFIG_KEY] = access_config or access.AccessConfig()
+    app.config[ACCESS_KEY] = access.Access.of(access_rules)
     context = ApiContext(fleet=fleet, daemon_status=daemon_status, gpu_info=gpu_info)
     app.extensions["swarmd"] = context
 
@@ -81,7 +83,7 @@ def create_app(
 
     async def dispatch(path: str = "") -> Response:
         try:
-            result = await _call(context, app.config[ACCESS_CONFIG_KEY])
+            result = await _call(context, app.config[ACCESS_KEY])
         except ApiError as err:
             return json_response(err.body(), err.status)
         except FleetError as err:
@@ -120,7 +122,7 @@ def create_app(
     return app
 
 
-async def _call(context: ApiContext, access_config: access.AccessConfig) -> dict[str, Any]:
+async def _call(context: ApiContext, resolver: access.Access) -> dict[str, Any]:
     """Validate the current request in SwarmUI's order and run its route. Raises ApiError / FleetError."""
     if not request.path.startswith(API_PREFIX):
         raise ApiError("Not found: swarmd serves POST /API/<route>", error_id="not_found", status=404)
@@ -141,7 +143,7 @@ async def _call(context: ApiContext, access_config: access.AccessConfig) -> dict
     api_route = ROUTES.get(name.lower())
     if api_route is None or "/" in name:
         raise BAD_ROUTE
-    caller = current_caller(access_config)
+    caller = await current_caller(resolver)
     if not access.has_flag(caller.role, api_route.flag):
         raise BAD_PERMISSIONS
     values = coerce_params(api_route.params, body)
@@ -151,13 +153,16 @@ async def _call(context: ApiContext, access_config: access.AccessConfig) -> dict
     return result
 
 
-def current_caller(access_config: access.AccessConfig) -> Caller:
-    """The caller of the current request: its peer credentials from the connection state and its role."""
+async def current_caller(resolver: access.Access) -> Caller:
+    """The caller of the current request: its peer credentials from the connection state and its role.
+
+    The role never costs a blocking look-up on the event loop (see `access.Access.role`).
+    """
     state = request.scope.get("state")
     peer = state.get(PEER_STATE_KEY) if isinstance(state, Mapping) else None
     if not isinstance(peer, access.PeerCred):
         return Caller(peer=None, role=None)  # fail closed: no credentials, no permissions
-    return Caller(peer=peer, role=access_config.role_for(peer.uid, peer.gid, peer.groups))
+    return Caller(peer=peer, role=await resolver.role(peer))
 
 
 def json_response(body: Mapping[str, Any] | Encoded, status: int) -> Response:
@@ -165,7 +170,13 @@ def json_response(body: Mapping[str, Any] | Encoded, status: int) -> Response:
         text = str(body)
     else:
         text = json.dumps(body, ensure_ascii=False, allow_nan=False, default=_json_default)
-    response = Response(text, status=status, mimetype="application/json")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate got into an answer (validation refuses them everywhere; this is the last net):
+        # \ud800-style escapes are valid JSON, a raw surrogate is not valid UTF-8.
+        data = json.dumps(json.loads(text), ensure_ascii=True).encode()
+    response = Response(data, status=status, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from swarmd.settings import api_text, parse_bool, parse_int
+from swarmd.settings import SettingError, api_text, check_text, parse_bool, parse_int
 
 ParamType = Literal["Int32", "Boolean", "String", "JObject", "JArray"]
 
@@ -70,7 +70,9 @@ def missing(name: str) -> ApiError:
 
 
 def invalid(text: str, name: str, type_name: str) -> ApiError:
-    return ApiError(f"Invalid value '{text}' for parameter '{name}', must be type '{type_name}'")
+    # Text that cannot be encoded (a lone surrogate) is shown escaped: the answer must stay valid UTF-8.
+    shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return ApiError(f"Invalid value '{shown}' for parameter '{name}', must be type '{type_name}'")
 
 
 def coerce_value(param: Param, raw: Any) -> Any:
@@ -87,7 +89,10 @@ def coerce_value(param: Param, raw: Any) -> Any:
         raise invalid(api_text(raw), param.name, "JArray")
     text = api_text(raw)
     if param.type == "String":
-        return text
+        try:
+            return check_text(text)
+        except SettingError:
+            raise invalid(text, param.name, "String") from None
     if param.type == "Int32":
         value = parse_int(text)
         if value is None:

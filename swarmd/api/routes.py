@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 import swarmd
+from swarmd import gpu
 from swarmd.api import access
 from swarmd.api.params import ApiError, Param, invalid
 from swarmd.api.resources import CpuSampler, cpu_cores, read_meminfo
+from swarmd.api.shape import backend_json, backend_object
 from swarmd.settings import api_text, parse_decimal, parse_int
 
 if TYPE_CHECKING:
@@ -89,13 +91,6 @@ def route(name: str, *params: Param, flag: str | None) -> Callable[[Handler], Ha
     return register
 
 
-async def _shielded(work: Awaitable[Any]) -> Any:
-    """Run a Fleet mutation to its end even if the client goes away: once the Fleet starts writing the
-    file, stopping half-way would leave the file and the running processes disagreeing."""
-    with trio.CancelScope(shield=True):
-        return await work
-
-
 # -- the backend routes (BackendAPI.md) --------------------------------------------------------------
 
 
@@ -115,7 +110,9 @@ async def list_backends(
 ) -> Encoded:
     # Ascending id; negative ids would be SwarmUI's "nonreal" backends (swarmd has none today).
     # Built from each backend's cached JSON: the web UI polls this with every backend in it.
-    parts = [f'"{backend.id}":{backend.to_api_json(full_data=full_data)}'
+    if full_data:
+        await gpu.refresh()  # GPU memory per backend: NVML in a thread, at most every half second
+    parts = [f'"{backend.id}":{backend_json(backend, full_data=full_data)}'
              for backend in ctx.fleet.backends() if nonreal or backend.id >= 0]
     return Encoded("{" + ",".join(parts) + "}")
 
@@ -132,8 +129,8 @@ async def add_new_backend(
     ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, type_id: str, title: str | None,
     settings: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    backend = await _shielded(ctx.fleet.add(type_id, title=title, settings=settings))
-    return backend.to_api()
+    backend = await ctx.fleet.add(type_id, title=title, settings=settings)
+    return backend_object(backend)
 
 
 @route(
@@ -157,13 +154,13 @@ async def edit_backend(
         raise ApiError("Missing settings.")
     if new_id == backend_id:
         new_id = -1
-    backend = await _shielded(ctx.fleet.edit(backend_id, title=title, settings=dict(settings), new_id=new_id))
-    return backend.to_api()
+    backend = await ctx.fleet.edit(backend_id, title=title, settings=dict(settings), new_id=new_id)
+    return backend_object(backend)
 
 
 @route("DeleteBackend", Param("backend_id", "Int32"), flag="add_remove_backends")
 async def delete_backend(ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, backend_id: int) -> dict[str, Any]:
-    deleted = await _shielded(ctx.fleet.delete(backend_id))
+    deleted = await ctx.fleet.delete(backend_id)
     return {"result": "Deleted." if deleted else "Already didn't exist."}
 
 
@@ -171,7 +168,7 @@ async def delete_backend(ctx: ApiContext, caller: Caller, body: Mapping[str, Any
 async def toggle_backend(
     ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, backend_id: int, enabled: bool
 ) -> dict[str, Any]:
-    changed = await _shielded(ctx.fleet.toggle(backend_id, enabled))
+    changed = await ctx.fleet.toggle(backend_id, enabled)
     return {"result": "Success." if changed else "No change."}
 
 
@@ -202,7 +199,7 @@ async def get_new_session(ctx: ApiContext, caller: Caller, body: Mapping[str, An
     # Identity comes from the socket, not from sessions: the id is accepted back but never checked.
     return {
         "session_id": secrets.token_hex(20).upper(),
-        "user_id": access.user_label(caller.peer.uid) if caller.peer else "unknown",
+        "user_id": await access.user_label(caller.peer.uid) if caller.peer else "unknown",
         "output_append_user": False,
         "version": swarmd.__version__,
         "server_id": ctx.server_id,

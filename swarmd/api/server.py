@@ -13,7 +13,7 @@ Theory of operation
   read `SO_PEERCRED` (and `SO_PEERGROUPS`) once per connection and put a `PeerCred` -- or None when the
   kernel will not say -- into the connection state, which hypercorn copies into each request's ASGI scope
   (`scope["state"]`). That constructor and `worker_serve`'s shape are hypercorn internals (0.17/0.18):
-  `tests/api/test_server.py` checks them, and the app denies every flagged route when the credentials are
+  `tests/api/test_api_server.py` checks them, and the app denies every flagged route when the credentials are
   missing, so a hypercorn change fails closed.
 * On exit the socket file is unlinked -- only if it is still ours (same inode), so a successor's socket
   survives. An inherited (systemd) socket is served as it is and never unlinked.
@@ -22,14 +22,13 @@ Theory of operation
 from __future__ import annotations
 
 import contextlib
-import grp
 import logging
 import os
 import socket
 import stat
 import struct
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, wrap_app
 
-from swarmd.api.access import DEFAULT_SOCKET_MODE, AccessConfig, PeerCred
+from swarmd.api.access import DEFAULT_SOCKET_MODE, Access, AccessRule, PeerCred
 from swarmd.api.app import PEER_STATE_KEY, create_app
 from swarmd.api.routes import DaemonStatusHook, GpuInfoHook
 
@@ -120,36 +119,26 @@ def _probe_existing(path: str) -> None:
     raise SocketInUse(f"another daemon is listening on {path}: stop it first (or use another --socket)")
 
 
-def _resolve_group(group: str | int) -> int:
-    text = str(group)
-    try:
-        return grp.getgrnam(text).gr_gid
-    except KeyError:
-        if text.isdigit():
-            return int(text)
-        raise ValueError(f"socket group {text!r} does not exist") from None
+def bind_unix_socket(path: str, mode: int = DEFAULT_SOCKET_MODE, gid: int | None = None) -> socket.socket:
+    """A listening AF_UNIX socket at `path` with `mode` (and group `gid`, already resolved: no look-up
+    here) set before it is reachable.
 
-
-def bind_unix_socket(path: str, mode: int = DEFAULT_SOCKET_MODE, group: str | int | None = None) -> socket.socket:
-    """A listening AF_UNIX socket at `path` with `mode` (and `group`) set before it is reachable.
-
-    Raises SocketInUse (path taken), ValueError (unknown group) or OSError (cannot create it).
+    Raises SocketInUse (path taken) or OSError (cannot create it, or cannot give it to `gid`).
     """
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
     _probe_existing(path)
-    gid = _resolve_group(group) if group is not None else -1
     staging = tempfile.mkdtemp(prefix=".swarmd-sock-", dir=directory)  # mode 0700: only we can reach it
     staged = os.path.join(staging, "s")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(staged)
         os.chmod(staged, mode)
-        if gid != -1:
+        if gid is not None:
             try:
                 os.chown(staged, -1, gid)
             except PermissionError:
-                raise PermissionError(f"cannot give the socket {path} to group {group!r}: the daemon's user "
+                raise PermissionError(f"cannot give the socket {path} to group {gid}: the daemon's user "
                                       "must be root or a member of that group") from None
         sock.listen(LISTEN_BACKLOG)
         os.rename(staged, path)  # atomic; replaces a stale socket
@@ -182,8 +171,8 @@ async def serve_api(
     socket_path: str,
     *,
     mode: int = DEFAULT_SOCKET_MODE,
-    group: str | None = None,
-    access: AccessConfig | None = None,
+    gid: int | None = None,
+    access: Access | Iterable[AccessRule] | None = None,
     daemon_status: DaemonStatusHook | None = None,
     gpu_info: GpuInfoHook | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -194,8 +183,9 @@ async def serve_api(
 
     Calls `task_status.started(socket_path)` once the socket listens. Owns the socket file: creates it
     (replacing a stale one) and unlinks it on exit. With `inherited_fd` (systemd socket activation) it
-    serves that socket and leaves the file to systemd. Raises SocketInUse, ValueError (unknown group) or
-    OSError before `started` when the socket cannot be set up.
+    serves that socket and leaves the file to systemd. `gid` is the socket's group (resolved when the
+    config was loaded); `access` the config's resolved rules (or an `Access` over them). Raises
+    SocketInUse or OSError before `started` when the socket cannot be set up.
     """
     if inherited_fd is not None:
         sock = socket.socket(fileno=inherited_fd)
@@ -207,11 +197,11 @@ async def serve_api(
                         "so every route that needs a permission will be refused")
         owned: tuple[int, int] | None = None
     else:
-        sock = bind_unix_socket(socket_path, mode, group)
+        sock = bind_unix_socket(socket_path, mode, gid)
         info = os.stat(socket_path)
         owned = (info.st_dev, info.st_ino)
     try:
-        app = create_app(fleet, access_config=access, daemon_status=daemon_status, gpu_info=gpu_info)
+        app = create_app(fleet, access_rules=access, daemon_status=daemon_status, gpu_info=gpu_info)
         config = Config()
         config.graceful_timeout = GRACEFUL_TIMEOUT
         config.accesslog = None

@@ -6,11 +6,10 @@ the caller bounds it with the backend's ready_timeout and cancels it when the ch
 
 from __future__ import annotations
 
-import re
-
 import trio
 
 from swarmd.httpclient import HttpError, request
+from swarmd.settings import describe
 
 FIRST_DELAY = 0.01
 MAX_DELAY = 1.0
@@ -47,28 +46,14 @@ async def wait_http(url: str) -> None:
         attempt += 1
 
 
-class LogMatcher:
-    """Ready once a line of the child's output matches `pattern` (fed by the supervisor)."""
-
-    def __init__(self, pattern: str) -> None:
-        self.regex = re.compile(pattern)
-        self.matched = trio.Event()
-
-    def feed(self, line: str) -> None:
-        if not self.matched.is_set() and self.regex.search(line):
-            self.matched.set()
-
-
-async def wait_ready(check: str, port: int, log_matcher: LogMatcher | None) -> None:
-    """Return when the check named by `check` (none | tcp | http://... | log:REGEX) passes."""
+async def wait_ready(check: str, port: int) -> None:
+    """Return when the check named by `check` (none | tcp | http://...) passes. (`log:REGEX` is matched by
+    the shell against the output it reads.)"""
     if check in ("", "none"):
         return
     if check == "tcp":
         await wait_tcp(port)
     elif check.startswith("http://"):
         await wait_http(check)
-    elif check.startswith("log:"):
-        assert log_matcher is not None
-        await log_matcher.matched.wait()
     else:  # validated at load time; a programming error if reached
-        raise ValueError(f"unknown ready_check {check!r}")
+        raise ValueError(f"unknown ready_check {describe(check)}")

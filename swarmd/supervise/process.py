@@ -1,18 +1,18 @@
-"""Child processes: spawn in their own group, notice exit through pidfd, stop by the ladder, never orphan.
+"""Child processes: spawn in their own group, notice exit through pidfd, signal the group, never orphan.
 
 Theory of operation
 -------------------
-* Spawning happens on the trio thread with `subprocess.Popen` (no preexec_fn, so CPython can vfork):
-  `trio.lowlevel.open_process` forks in a worker thread, and a thread-bound PDEATHSIG would fire when trio
-  retires that thread. Each child gets its own session (so its own process group), stdin from /dev/null,
-  and stdout/stderr pipes that the supervisor reads line by line.
+* Spawning happens on the trio thread with `subprocess.Popen` and no preexec_fn, so CPython can use
+  vfork/posix_spawn (fast at 1000 backends). Each child gets its own session (so its own process group),
+  stdin from /dev/null, and stdout/stderr pipes that its shell reads chunk by chunk.
 * Exit is noticed by waiting for the child's pidfd to become readable (~0.3 ms after death), then reaping
   it with a non-blocking waitpid. No polling anywhere.
 * Nothing outlives the daemon. A `Guardian` -- one small helper process started at daemon start -- holds
   the read end of a pipe and the list of live process groups. When the pipe closes (the daemon exited or
   was SIGKILLed) it SIGKILLs every group it knows. Registration happens right after fork, synchronously.
-* Stopping is a ladder: `stop_signal` to the whole group, wait up to `stop_timeout` for the leader, then
-  SIGKILL to the group. Grandchildren left in the group after the leader exits are killed too.
+* Stopping is a ladder -- `stop_signal` to the whole group, SIGKILL after `stop_timeout` -- decided by the
+  backend's lifecycle (supervise/lifecycle.py) and carried out here with `kill_group`. Grandchildren left
+  in the group after the leader exits are killed as the leader is reaped.
 * Children get default signal dispositions: the daemon resets inherited SIG_IGN dispositions and the
   signal mask at start (`normalize_signals`), so nothing it inherited leaks into backends; caught signals
   are reset by exec anyway.
@@ -180,7 +180,6 @@ class Child:
         self.popen = popen
         self.pid = popen.pid
         self.pgid = popen.pid  # start_new_session: the child leads its own group
-        self.started_at = trio.current_time()
         self.exit: ExitInfo | None = None
         self._guardian = guardian
         self._pidfd = os.pidfd_open(self.pid)
@@ -229,24 +228,6 @@ class Child:
             return False
         except PermissionError:
             return False
-
-    async def stop(self, stop_signal: int, stop_timeout: float) -> ExitInfo:
-        """The stop ladder: `stop_signal` to the group, SIGKILL after `stop_timeout`. Returns the exit."""
-        if self.exit is not None:
-            return self.exit
-        self.kill_group(stop_signal)
-        with trio.move_on_after(stop_timeout):
-            return await self.wait()
-        log.warning("pid %d did not stop within %.1fs of %s: sending SIGKILL to its group", self.pid,
-                    stop_timeout, signal.Signals(stop_signal).name)
-        self.kill_group(signal.SIGKILL)
-        with trio.CancelScope(shield=True):
-            return await self.wait()
-
-    def kill_now(self) -> None:
-        """SIGKILL the group at once (a second SIGTERM to the daemon, or teardown after cancellation)."""
-        if self.exit is None:
-            self.kill_group(signal.SIGKILL)
 
 
 def child_environment(spec: LaunchSpec) -> dict[str, str]:
@@ -301,8 +282,9 @@ def describe_spawn_error(err: Exception, spec: LaunchSpec) -> str:
     return f"cannot start {program!r}: {os.strerror(err.errno) if err.errno else err}"
 
 
-async def pump_lines(fd: int, stream: str, on_line: Callable[[str, str], None]) -> None:
-    """Read `fd` until EOF, calling `on_line(stream, line)` for each line. Owns and closes `fd`."""
+async def pump_chunks(fd: int, stream: str, on_output: Callable[[str, list[str]], None]) -> None:
+    """Read `fd` until EOF, calling `on_output(stream, lines)` once per chunk read (the complete lines in it;
+    a line longer than MAX_LINE is cut). Owns and closes `fd`."""
     os.set_blocking(fd, False)
     pipe = trio.lowlevel.FdStream(fd)
     pending = b""
@@ -321,15 +303,40 @@ async def pump_lines(fd: int, stream: str, on_line: Callable[[str, str], None]) 
             pending += data
             if b"\n" not in pending:
                 if len(pending) > MAX_LINE:
-                    on_line(stream, pending[:MAX_LINE].decode("utf-8", "replace") + " [cut]")
+                    on_output(stream, [pending[:MAX_LINE].decode("utf-8", "replace") + " [cut]"])
                     pending = b""
                 continue
-            *lines, pending = pending.split(b"\n")
-            for raw in lines:
-                if len(raw) > MAX_LINE:
-                    raw = raw[:MAX_LINE]
-                on_line(stream, raw.rstrip(b"\r").decode("utf-8", "replace"))
+            *raw_lines, pending = pending.split(b"\n")
+            on_output(stream, [raw[:MAX_LINE].rstrip(b"\r").decode("utf-8", "replace") for raw in raw_lines])
         if pending:
-            on_line(stream, pending[:MAX_LINE].decode("utf-8", "replace"))
+            on_output(stream, [pending[:MAX_LINE].decode("utf-8", "replace")])
     finally:
         await pipe.aclose()
+
+
+class ChildProcess:
+    """A backend's process as its shell drives it (`supervise.shell.Process`): the Child and the read ends
+    of its output pipes, which `pump` owns and closes."""
+
+    def __init__(self, child: Child, out_fd: int, err_fd: int) -> None:
+        self.child = child
+        self.pid = child.pid
+        self._fds = (out_fd, err_fd)
+
+    @classmethod
+    def start(cls, spec: LaunchSpec, guardian: Guardian | None) -> ChildProcess:
+        """Spawn `spec` (see `spawn`). Raises OSError, ValueError or SubprocessError."""
+        return cls(*spawn(spec, guardian))
+
+    async def wait(self) -> ExitInfo:
+        return await self.child.wait()
+
+    def signal_group(self, signum: int) -> None:
+        # Only while the leader is unreaped: after that its pgid may belong to someone else.
+        if self.child.running:
+            self.child.kill_group(signum)
+
+    async def pump(self, on_output: Callable[[str, list[str]], None]) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump_chunks, self._fds[0], "stdout", on_output)
+            nursery.start_soon(pump_chunks, self._fds[1], "stderr", on_output)

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from swarmd.types.base import BackendType, LaunchFailed, LaunchRefused, LaunchSpec, RestartConfig
+from swarmd.types.base import BackendType, LaunchFailed, LaunchRefused, LaunchSpec
 from swarmd.types.comfyui import ComfyUIAPI, ComfyUISelfStart
 from swarmd.types.process import ProcessType
 
 TYPES: dict[str, BackendType] = {t.id: t for t in (ProcessType(), ComfyUISelfStart(), ComfyUIAPI())}
 
-
-def get_type(type_id: str) -> BackendType | None:
-    return TYPES.get(type_id)
-
-
-__all__ = ["TYPES", "BackendType", "LaunchFailed", "LaunchRefused", "LaunchSpec", "RestartConfig",
-           "get_type"]
+__all__ = ["TYPES", "BackendType", "LaunchFailed", "LaunchRefused", "LaunchSpec"]

@@ -8,13 +8,16 @@ and for defaults. Types never touch processes themselves.
 from __future__ import annotations
 
 import functools
+import re
 import shlex
 import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from swarmd import gpu
-from swarmd.settings import SettingError, SettingSpec
+from swarmd.httpclient import BadUrl, parse_url
+from swarmd.settings import SettingError, SettingSpec, describe, is_env_name
+from swarmd.supervise.lifecycle import LifecycleConfig
 
 
 class LaunchRefused(Exception):
@@ -30,18 +33,6 @@ class LaunchFailed(Exception):
 
 
 @dataclass(frozen=True)
-class RestartConfig:
-    """The restart-policy settings shared by every self-starting type (see supervise/policy.py)."""
-
-    restart: str = "on-failure"  # always | on-failure | never
-    restart_delay: float = 0.1
-    restart_delay_max: float = 30.0
-    start_limit_burst: int = 5
-    start_limit_interval: float = 60.0
-    stable_after: float = 10.0
-
-
-@dataclass(frozen=True)
 class LaunchSpec:
     """Everything needed to start one process of a backend, placeholders already filled in."""
 
@@ -51,9 +42,6 @@ class LaunchSpec:
     unset_env: tuple[str, ...] = ()
     port: int = 0
     ready_check: str = "none"  # none | tcp | http://... | log:REGEX
-    ready_timeout: float = 60.0
-    stop_signal: int = signal.SIGTERM
-    stop_timeout: float = 10.0
     free_memory: str = ""  # "" | http://... | signal:NAME
 
 
@@ -108,14 +96,19 @@ class BackendType:
         """The fixed port to use, or 0 to pick a free one at each start."""
         return int(settings.get("port", 0))
 
-    def restart_config(self, settings: dict[str, Any]) -> RestartConfig:
-        return RestartConfig(
+    def lifecycle_config(self, settings: dict[str, Any]) -> LifecycleConfig:
+        """What the backend's lifecycle needs of its settings: the restart policy and the timeouts (a
+        remote type overrides this)."""
+        return LifecycleConfig(
             restart=settings["restart"],
             restart_delay=settings["restart_delay"],
             restart_delay_max=settings["restart_delay_max"],
             start_limit_burst=settings["start_limit_burst"],
             start_limit_interval=settings["start_limit_interval"],
             stable_after=settings["stable_after"],
+            ready_timeout=settings["ready_timeout"],
+            stop_signal=signal.Signals[settings["stop_signal"]],
+            stop_timeout=settings["stop_timeout"],
         )
 
     def free_body(self, system_ram: bool) -> dict[str, Any]:
@@ -128,6 +121,14 @@ class BackendType:
 
 
 # -- validators shared by the types ----------------------------------------------------------------------
+#
+# Each check receives an already-typed value (text already passed `check_text`) and raises SettingError
+# (or ValueError) -- never anything else, whatever the value: the fuzz test in
+# tests/unit/test_validation_fuzz.py holds every setting of every type to that, and to "what validation
+# accepts, `launch` can use".
+
+#: The ports a `{port}` placeholder is tried with: the shortest and the longest a start can fill in.
+PLACEHOLDER_PORTS = (1, 65535)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -141,23 +142,54 @@ def check_command(value: str) -> str:
     return value
 
 
-def check_ready_check(value: str) -> str:
-    import re
+def check_http_url(value: str, *, port_placeholder: bool = False) -> str:
+    """An http:// URL that `httpclient.request` can use: a host (a name, IPv4, or IPv6 in brackets as in
+    `http://[::1]:8188`), a port 1-65535 when given, no user:password@, no #fragment, printable ASCII.
 
+    With `port_placeholder`, `{port}` may stand for the backend's port: the URL must be valid with any
+    port filled in. Returns the URL stripped, its scheme lower-cased. Raises SettingError naming the
+    problem: "expected an http:// URL with a host and a port 1-65535, got 'http://h:99999/' (port 99999
+    out of range)".
+    """
+    text = value.strip()
+    if text[:7].lower() == "http://":
+        text = "http://" + text[7:]
+    filled = [text.replace("{port}", str(port)) for port in PLACEHOLDER_PORTS] if port_placeholder else [text]
+    for url in filled:
+        try:
+            parse_url(url)
+        except BadUrl as err:
+            raise SettingError(f"expected an http:// URL with a host and a port 1-65535, "
+                               f"got {describe(value)} ({err})") from None
+    return text
+
+
+def check_log_regex(pattern: str) -> re.Pattern[str]:
+    """The REGEX of a `log:REGEX` readiness check, compiled. Raises SettingError, whatever the pattern:
+    `re.compile` also raises RecursionError (deep nesting), OverflowError (huge repeat counts) and
+    MemoryError on pathological patterns."""
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise SettingError(f"invalid regular expression after 'log:': {err}") from None
+    except (RecursionError, OverflowError, MemoryError, ValueError) as err:
+        raise SettingError(f"invalid regular expression after 'log:': {type(err).__name__}") from None
+
+
+def check_ready_check(value: str) -> str:
+    """none | tcp | http://... ({port} allowed) | log:REGEX ({port} filled in too, as at start)."""
     text = value.strip()
     if text in ("", "none"):
         return "none"
-    if text == "tcp" or text.startswith(("http://", "https://")):
-        if text.startswith("https://"):
-            raise SettingError("https readiness checks are not supported: use http:// on loopback")
+    if text == "tcp":
         return text
+    if text.lower().startswith(("http://", "https://")):
+        return check_http_url(text, port_placeholder=True)
     if text.startswith("log:"):
-        try:
-            re.compile(text[4:])
-        except re.error as err:
-            raise SettingError(f"invalid regular expression after 'log:': {err}") from None
+        for port in PLACEHOLDER_PORTS:
+            check_log_regex(text[4:].replace("{port}", str(port)))
         return text
-    raise SettingError(f"expected none, tcp, http://... or log:REGEX, got {value!r}")
+    raise SettingError(f"expected none, tcp, http://... or log:REGEX, got {describe(value)}")
 
 
 def check_signal(value: str) -> str:
@@ -167,15 +199,17 @@ def check_signal(value: str) -> str:
 def signal_name(value: str) -> str:
     """Normalize 'term', 'SIGTERM', '15' to 'SIGTERM'. Raises SettingError for anything else."""
     text = str(value).strip().upper()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        number = int(text) if len(text) <= 3 else -1
         try:
-            return signal.Signals(int(text)).name
+            return signal.Signals(number).name
         except ValueError:
-            raise SettingError(f"no signal number {text}") from None
+            shown = text if len(text) <= 12 else text[:12] + "..."
+            raise SettingError(f"no signal number {shown}") from None
     if not text.startswith("SIG"):
         text = "SIG" + text
     if text not in signal.Signals.__members__:
-        raise SettingError(f"unknown signal {value!r} (e.g. SIGTERM, SIGINT, SIGUSR1)")
+        raise SettingError(f"unknown signal {describe(value)} (e.g. SIGTERM, SIGINT, SIGUSR1)")
     return text
 
 
@@ -185,7 +219,9 @@ def check_env(value: str) -> str:
 
 
 def parse_env(value: str) -> dict[str, str]:
-    """KEY=VALUE lines (blank lines and #comments skipped) -> dict. Raises SettingError naming the line."""
+    """KEY=VALUE lines (blank lines and #comments skipped) -> dict. Raises SettingError naming the line.
+
+    KEY is an environment name (ASCII letters, digits, _; not starting with a digit)."""
     env: dict[str, str] = {}
     for number, line in enumerate(value.splitlines(), 1):
         stripped = line.strip()
@@ -193,25 +229,27 @@ def parse_env(value: str) -> dict[str, str]:
             continue
         key, sep, val = stripped.partition("=")
         key = key.strip()
-        if not sep or not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
-            raise SettingError(f"line {number}: expected KEY=VALUE, got {stripped!r}")
+        if not sep or not is_env_name(key):
+            raise SettingError(f"line {number}: expected KEY=VALUE, got {describe(stripped)}")
         env[key] = val
     return env
 
 
 def check_free_memory(value: str) -> str:
+    """empty | http://... ({port} allowed) | signal:NAME."""
     text = value.strip()
     if not text:
         return ""
-    if text.startswith("http://"):
-        return text
+    if text.lower().startswith(("http://", "https://")):
+        return check_http_url(text, port_placeholder=True)
     if text.startswith("signal:"):
         return "signal:" + signal_name(text[7:])
-    raise SettingError(f"expected empty, http://... or signal:NAME, got {value!r}")
+    raise SettingError(f"expected empty, http://... or signal:NAME, got {describe(value)}")
 
 
 def check_gpu_id(value: str) -> str:
-    """The gpu_id setting: syntax always; that the GPUs exist when NVML can see the machine."""
+    """The gpu_id setting: syntax always; that the GPUs exist when NVML can see the machine (against the
+    inventory taken at start: no NVML call)."""
     try:
         return gpu.validate(value)
     except gpu.PinError as err:
@@ -243,8 +281,8 @@ def restart_settings(*, ready_timeout: float, restart_default: str = "on-failure
                     " a failure that would need one more marks the backend errored.", minimum=1),
         SettingSpec("start_limit_interval", "decimal", 60.0, "The window, in seconds, of start_limit_burst.",
                     minimum=0),
-        SettingSpec("stable_after", "decimal", 10.0, "Seconds of being ready after which the restart delay and"
-                    " failure count are reset.", minimum=0),
+        SettingSpec("stable_after", "decimal", 10.0, "Seconds of being ready after which the restart delay "
+                    "and failure count are reset.", minimum=0),
         SettingSpec("ready_timeout", "decimal", ready_timeout, "Seconds a start may take to become ready "
                     "before it counts as failed (0 = no limit).", minimum=0),
         SettingSpec("stop_signal", "text", "SIGTERM", "Signal sent to the process group to stop it.",

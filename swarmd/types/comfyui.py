@@ -3,19 +3,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
-import signal
 from typing import Any
 
-from swarmd.settings import SettingError, SettingSpec
+from swarmd.settings import SettingError, SettingSpec, describe
+from swarmd.supervise.lifecycle import LifecycleConfig
 from swarmd.types.base import (
     BackendType,
     LaunchFailed,
     LaunchRefused,
     LaunchSpec,
-    RestartConfig,
     check_command,
+    check_http_url,
     gpu_settings,
     restart_settings,
 )
@@ -27,14 +28,19 @@ COMFY_READY_TIMEOUT = 600.0
 def check_start_script(value: str) -> str:
     text = value.strip()
     if text and os.path.basename(text) != "main.py":
-        raise SettingError(f"expected the path of ComfyUI's main.py, got {value!r}")
+        raise SettingError(f"expected the path of ComfyUI's main.py, got {describe(value)}")
     return text
 
 
 def check_address(value: str) -> str:
+    """An http:// address (as `check_http_url`) without a trailing slash or a ?query: the health and free
+    URLs are made by appending /system_stats and /free to it."""
     text = value.strip().rstrip("/")
-    if text and not text.startswith("http://"):
-        raise SettingError(f"expected an http:// address, got {value!r}")
+    if not text:
+        return ""
+    text = check_http_url(text)
+    if "?" in text:
+        raise SettingError(f"expected an http:// address without a ?query, got {describe(value)}")
     return text
 
 
@@ -62,11 +68,9 @@ class ComfyUISelfStart(BackendType):
         *restart_settings(ready_timeout=COMFY_READY_TIMEOUT),
     )
 
-    def restart_config(self, settings: dict[str, Any]) -> RestartConfig:
-        config = super().restart_config(settings)
-        if not settings["auto_restart"]:
-            return RestartConfig(**{**config.__dict__, "restart": "never"})
-        return config
+    def lifecycle_config(self, settings: dict[str, Any]) -> LifecycleConfig:
+        config = super().lifecycle_config(settings)
+        return config if settings["auto_restart"] else dataclasses.replace(config, restart="never")
 
     def free_body(self, system_ram: bool) -> dict[str, Any]:
         return {"unload_models": True, "free_memory": system_ram}
@@ -89,8 +93,6 @@ class ComfyUISelfStart(BackendType):
         return LaunchSpec(
             argv=argv, cwd=directory, env=env, unset_env=("PYTHONHOME", "PYTHONPATH"), port=port,
             ready_check=f"http://127.0.0.1:{port}/system_stats",
-            ready_timeout=settings["ready_timeout"],
-            stop_signal=signal.Signals[settings["stop_signal"]], stop_timeout=settings["stop_timeout"],
             free_memory=f"http://127.0.0.1:{port}/free",
         )
 
@@ -112,8 +114,8 @@ class ComfyUIAPI(BackendType):
         SettingSpec("check_interval", "decimal", 5.0, "Seconds between health checks.", minimum=0.05),
     )
 
-    def restart_config(self, settings: dict[str, Any]) -> RestartConfig:
-        return RestartConfig()
+    def lifecycle_config(self, settings: dict[str, Any]) -> LifecycleConfig:
+        return LifecycleConfig(remote=True, allow_idle=settings["allow_idle"])
 
     def health_url(self, settings: dict[str, Any]) -> str:
         address = settings["address"]

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import shlex
-import signal
 from typing import Any
 
-from swarmd.settings import SettingSpec
+from swarmd.httpclient import BadUrl, parse_url
+from swarmd.settings import SettingError, SettingSpec, describe
 from swarmd.types.base import (
     BackendType,
+    LaunchFailed,
     LaunchRefused,
     LaunchSpec,
     check_command,
     check_env,
     check_free_memory,
+    check_log_regex,
     check_ready_check,
     gpu_settings,
     parse_env,
@@ -47,28 +49,41 @@ class ProcessType(BackendType):
                     "matches).", placeholder="http://127.0.0.1:{port}/", check=check_ready_check),
         *restart_settings(ready_timeout=60.0),
         SettingSpec("free_memory", "text", "", "How to ask it to free memory: empty (not supported), "
-                    "http://... (POST with {\"system_ram\": bool}) or signal:SIGUSR1.",
+                    "http://... (POST with {\"system_ram\": bool}; {port} replaced) or signal:SIGUSR1.",
                     check=check_free_memory),
         SettingSpec("max_usages", "integer", 1, "How many generations may use it at once (<= 0: never "
                     "picked).", minimum=-(2**31)),
     )
 
     def launch(self, settings: dict[str, Any], port: int) -> LaunchSpec:
-        command = settings["command"].strip()
-        if not command:
+        command = settings["command"]
+        if not command.strip():
             raise LaunchRefused("No command set: edit the backend's 'command' setting to start it.")
+        # Split as validated (check_command): stripped first, a valid "x \\ " would be an invalid "x \\".
         argv = tuple(fill_port(part, port) for part in shlex.split(command))
         env = parse_env(settings["env"])
         if port:
             env.setdefault("PORT", str(port))
+        ready_check = fill_port(settings["ready_check"], port)
+        free_memory = fill_port(settings["free_memory"], port)
+        # Validated with the shortest and the longest port; checked again with this one, so that a surprise
+        # fails this start (the backend's problem), never the probe, the hook or the supervisor.
+        for name, text in (("ready_check", ready_check), ("free_memory", free_memory)):
+            if text.startswith("http://"):
+                try:
+                    parse_url(text)
+                except BadUrl as err:
+                    raise LaunchFailed(f"{name} {describe(text)} is not usable: {err}") from None
+        if ready_check.startswith("log:"):
+            try:
+                check_log_regex(ready_check[4:])
+            except SettingError as err:
+                raise LaunchFailed(f"ready_check: {err}") from None
         return LaunchSpec(
             argv=argv,
             cwd=settings["cwd"] or None,
             env={k: fill_port(v, port) for k, v in env.items()},
             port=port,
-            ready_check=fill_port(settings["ready_check"], port),
-            ready_timeout=settings["ready_timeout"],
-            stop_signal=signal.Signals[settings["stop_signal"]],
-            stop_timeout=settings["stop_timeout"],
-            free_memory=fill_port(settings["free_memory"], port),
+            ready_check=ready_check,
+            free_memory=free_memory,
         )

@@ -11,9 +11,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from api_harness import Daemon, finish_daemon, start_daemon
 
-from tests.helpers import nobody_ctl_argv
+from tests.helpers import DEFAULT_BACKENDS, Daemon, nobody_ctl_argv
 
 SETPRIV = shutil.which("setpriv")
 
@@ -43,15 +42,15 @@ def configured() -> Iterator[Daemon]:
     with open(config, "w", encoding="utf-8") as handle:
         handle.write(CONFIG)
     try:
-        running = start_daemon(extra_args=("--config", config))
+        running = Daemon(backends_text=DEFAULT_BACKENDS, extra_args=("--config", config))
         yield running
-        finish_daemon(running)
+        running.finish()
     finally:
         os.unlink(config)
 
 
 def as_nobody(daemon: Daemon, *args: str) -> tuple[int, object]:
-    argv = [*nobody_ctl_argv(), "--socket", daemon.socket, "--json", *args]
+    argv = [*nobody_ctl_argv(), "--socket", str(daemon.socket), "--json", *args]
     done = subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=30)
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None
 

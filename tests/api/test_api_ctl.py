@@ -9,20 +9,21 @@ import sys
 import time
 
 import pytest
-from api_harness import SLEEPER, Daemon
+
+from tests.helpers import SLEEPER, Daemon, wait_until
 
 
 def swarmctl(daemon: Daemon | None, *args: str, env: dict[str, str] | None = None,
              timeout: float = 30) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "swarmd.ctl"]
     if daemon is not None:
-        argv += ["--socket", daemon.socket]
+        argv += ["--socket", str(daemon.socket)]
     return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 
 def test_list(daemon: Daemon) -> None:
-    daemon.wait_for(lambda: daemon.backend(0)["status"] == "running", what="backend 0 running")
+    wait_until(lambda: daemon.backend(0)["status"] == "running", what="backend 0 running")
     done = swarmctl(daemon, "list")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -34,7 +35,7 @@ def test_list(daemon: Daemon) -> None:
 
 
 def test_socket_from_the_environment(daemon: Daemon) -> None:
-    done = swarmctl(None, "list", env={"SWARMD_SOCKET": daemon.socket})
+    done = swarmctl(None, "list", env={"SWARMD_SOCKET": str(daemon.socket)})
     assert done.returncode == 0 and "sleeper" in done.stdout
 
 
@@ -62,12 +63,12 @@ def test_edit(daemon: Daemon) -> None:
 
 
 def test_logs_and_follow(daemon: Daemon) -> None:
-    daemon.wait_for(lambda: daemon.ok("ListRecentLogMessages", {"types": ["backend-1"]})["data"]["backend-1"],
-                    what="ticker output")
+    wait_until(lambda: daemon.ok("ListRecentLogMessages", {"types": ["backend-1"]})["data"]["backend-1"],
+               what="ticker output")
     done = swarmctl(daemon, "logs", "1", "-n", "2")
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 2
     assert all(line.startswith("tick ") for line in done.stdout.splitlines())
-    follower = subprocess.Popen([sys.executable, "-m", "swarmd.ctl", "--socket", daemon.socket, "logs", "1",
+    follower = subprocess.Popen([sys.executable, "-m", "swarmd.ctl", "--socket", str(daemon.socket), "logs", "1",
                                  "--follow", "-n", "1"], stdout=subprocess.PIPE, text=True)
     try:
         assert follower.stdout is not None
@@ -86,7 +87,7 @@ def test_other_commands(daemon: Daemon) -> None:
     assert swarmctl(daemon, "disable", backend_id).stdout.strip() == "Success."
     assert swarmctl(daemon, "disable", backend_id).stdout.strip() == "No change."
     assert swarmctl(daemon, "enable", backend_id).stdout.strip() == "Success."
-    daemon.wait_for(lambda: daemon.backend(int(backend_id))["status"] == "running", what="running again")
+    wait_until(lambda: daemon.backend(int(backend_id))["status"] == "running", what="running again")
     assert swarmctl(daemon, "restart", backend_id).stdout.strip() == "restarted 1 backend"
     assert swarmctl(daemon, "free", backend_id, "--system-ram").returncode == 0
     assert swarmctl(daemon, "rm", backend_id).stdout.strip() == "Deleted."

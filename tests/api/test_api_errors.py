@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from api_harness import DEFAULT_BACKENDS, Daemon
+
+from tests.helpers import DEFAULT_BACKENDS, Daemon
 
 
 def invalid(value: str, name: str, type_name: str) -> str:

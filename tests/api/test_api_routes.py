@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import socket
 
 import pytest
-from api_harness import SLEEPER, Daemon
 
 import swarmd
+from tests.helpers import SLEEPER, Daemon, machine_gpus, wait_until
 
 BACKEND_FIELDS = {
     "type", "status", "id", "settings", "modcount", "features", "enabled", "title", "max_usages",
@@ -65,8 +67,8 @@ def test_list_backends(daemon: Daemon) -> None:
     full = daemon.ok("ListBackends", {"full_data": "true", "nonreal": True})
     for obj in full.values():
         check_backend(obj, full=True)
-    running = daemon.wait_for(lambda: daemon.backend(0)["status"] == "running" and daemon.backend(0),
-                              what="backend 0 running")
+    running = wait_until(lambda: daemon.backend(0)["status"] == "running" and daemon.backend(0),
+                         what="backend 0 running")
     assert isinstance(running["pid"], int) and running["pid"] > 0
 
 
@@ -110,7 +112,7 @@ def test_edit_backend(daemon: Daemon) -> None:
 
 def test_delete_backend(daemon: Daemon) -> None:
     added = add_sleeper(daemon, "to delete")
-    pid = daemon.wait_for(lambda: (daemon.backend(added["id"]) or {}).get("pid"), what="a pid")
+    pid = wait_until(lambda: (daemon.backend(added["id"]) or {}).get("pid"), what="a pid")
     assert daemon.ok("DeleteBackend", {"backend_id": added["id"]}) == {"result": "Deleted."}
     assert added["id"] not in daemon.file_is_valid().backends
     with pytest.raises(ProcessLookupError):  # stopped before the answer
@@ -130,27 +132,26 @@ def test_toggle_backend(daemon: Daemon) -> None:
 
 
 def test_restart_backends(daemon: Daemon) -> None:
-    pid = daemon.wait_for(lambda: daemon.backend(0)["status"] == "running" and daemon.backend(0)["pid"],
-                          what="backend 0 running")
+    pid = wait_until(lambda: daemon.backend(0)["status"] == "running" and daemon.backend(0)["pid"],
+                     what="backend 0 running")
     answer = daemon.ok("RestartBackends", {"backend": 0})
     assert answer == {"result": "Success.", "count": 1}
-    new_pid = daemon.wait_for(lambda: (daemon.backend(0)["pid"] or 0) not in (0, pid) and daemon.backend(0)["pid"],
-                              what="a new pid")
-    assert new_pid != pid
+    # the restart is the only thing that can give backend 0 another pid
+    wait_until(lambda: daemon.backend(0)["pid"] not in (None, pid), what="backend 0 under a new pid")
     assert daemon.ok("RestartBackends", {"backend": "12345"}) == {"result": "Success.", "count": 0}
 
 
 def test_free_backend_memory(daemon: Daemon) -> None:
+    wait_until(lambda: daemon.backend(0)["status"] == "running", what="backend 0 running")
     answer = daemon.ok("FreeBackendMemory", {"system_ram": True, "backend": "all"})
-    assert set(answer) == {"result", "count"}
-    assert isinstance(answer["result"], bool) and isinstance(answer["count"], int)
+    assert answer == {"result": True, "count": 0}  # running backends were asked; none has a free_memory hook
     assert daemon.ok("FreeBackendMemory", {"backend": "12345"}) == {"result": False, "count": 0}
 
 
 def test_get_new_session(daemon: Daemon) -> None:
     answer = daemon.ok("GetNewSession", {"session_id": "whatever"})
     assert re.fullmatch(r"[0-9A-F]{40}", answer["session_id"])
-    assert answer["user_id"] == "root" or answer["user_id"]
+    assert answer["user_id"] == user_name(os.getuid())
     assert answer["version"] == swarmd.__version__
     assert answer["permissions"] == ["*"]  # the tests run as root: owner
     assert {"output_append_user", "server_id"} <= answer.keys()
@@ -168,7 +169,7 @@ def test_list_recent_log_messages(daemon: Daemon) -> None:
     def lines() -> list[dict]:
         return daemon.ok("ListRecentLogMessages", {"types": ["backend-1"]})["data"]["backend-1"]
 
-    first = daemon.wait_for(lambda: len(lines()) >= 2 and lines(), what="ticker output")
+    first = wait_until(lambda: len(lines()) >= 2 and lines(), what="ticker output")
     for line in first:
         assert TIMESTAMP.match(line["timestamp"]) and isinstance(line["sequence_id"], int)
     assert [m["sequence_id"] for m in first] == sorted(m["sequence_id"] for m in first)
@@ -190,12 +191,18 @@ def test_get_server_resource_info(daemon: Daemon) -> None:
     assert 0.0 <= answer["cpu"]["usage"] <= 1.0 and answer["cpu"]["cores"] >= 1
     ram = answer["system_ram"]
     assert ram["total"] > 0 and ram["used"] + ram["free"] == ram["total"]
-    assert "gpus" not in answer  # no GPU hook in this daemon
+    # The daemon's GPU hook reports this machine's GPUs over NVML; SwarmUI leaves "gpus" out without any.
+    gpus = machine_gpus()
+    if gpus:
+        assert sorted(answer["gpus"], key=int) == [str(g.index) for g in gpus]
+        assert {entry["uuid"] for entry in answer["gpus"].values()} == {g.uuid for g in gpus}
+    else:
+        assert "gpus" not in answer
 
 
 def test_get_daemon_status(daemon: Daemon) -> None:
     answer = daemon.ok("GetDaemonStatus")
-    assert answer["backends_file"] == daemon.backends or answer["backends_file"].endswith("backends.yaml")
+    assert answer["backends_file"] == str(daemon.backends)
     assert answer["file_problem"] is None
     assert answer["version"] == swarmd.__version__
     assert sum(answer["counts"].values()) == len(daemon.ok("ListBackends"))
@@ -205,7 +212,8 @@ def test_get_daemon_status(daemon: Daemon) -> None:
 
 
 def test_route_names_are_case_insensitive(daemon: Daemon) -> None:
-    assert daemon.ok("listbackends") == daemon.ok("LISTBACKENDS")
+    # (the ids: a status may change between the two calls)
+    assert daemon.ok("listbackends").keys() == daemon.ok("LISTBACKENDS").keys() == daemon.ok("ListBackends").keys()
 
 
 def test_answers_are_not_cached(daemon: Daemon) -> None:
@@ -273,17 +281,23 @@ def test_streamed_oversized_body_is_refused_with_json(daemon: Daemon) -> None:
 
 def test_garbage_on_the_socket_does_not_hurt(daemon: Daemon) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
-        raw.connect(daemon.socket)
+        raw.connect(str(daemon.socket))
         raw.sendall(b"\x00\x01garbage\r\n\r\n")
         raw.settimeout(5)
         try:
             raw.recv(4096)
         except OSError:
             pass
-    assert daemon.ok("ListBackends")
+    assert {"0", "1"} <= daemon.ok("ListBackends").keys()
 
 
 def _signal0(pid: int) -> None:
-    import os
-
     os.kill(pid, 0)
+
+
+def user_name(uid: int) -> str:
+    """What GetNewSession calls the caller: its user name, else uid-N."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid-{uid}"

@@ -1,13 +1,15 @@
-"""Pure parts of the API: parameter coercion, roles and flags, the access config, /proc readers."""
+"""Pure parts of the API: parameter coercion, roles and flags, role resolution, /proc readers."""
 
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
+import trio
 
 from swarmd.api import access
-from swarmd.api.access import AccessConfig, AccessRule, load_access_config, parse_mode
+from swarmd.api.access import Access, AccessRule, PeerCred, parse_mode
 from swarmd.api.params import ApiError, Param, coerce_params
 from swarmd.api.resources import read_cpu_times, read_meminfo
 from swarmd.api.routes import ROUTES
@@ -100,62 +102,124 @@ def test_owner_admin_poweruser_flags() -> None:
     assert "edit_backends" not in access.permissions("poweruser")
 
 
-def test_root_and_own_uid_are_owner_without_rules() -> None:
-    assert access.role_for(0, 0) == "owner"
-    assert access.role_for(os.getuid(), os.getgid()) == "owner"
-    assert access.role_for(65534, 65534) is None
+async def test_root_and_own_uid_are_owner_without_rules() -> None:
+    nobody = Access()
+    assert await nobody.role(PeerCred(1, 0, 0)) == "owner"
+    assert await nobody.role(PeerCred(1, os.getuid(), os.getgid())) == "owner"
+    assert await nobody.role(PeerCred(1, 65534, 65534, ())) is None
+    assert await nobody.role(PeerCred(1, 65534, 65534, None)) is None
+    assert await Access(owner_uid=4000).role(PeerCred(1, 4000, 4000)) == "owner"
 
 
-def test_rules_match_uid_user_and_groups_first_wins() -> None:
-    config = AccessConfig(rules=[
-        AccessRule(uid=4242, role="admin"),
-        AccessRule(user="nobody", role="poweruser"),
-        AccessRule(group="4343", role="user"),
-        AccessRule(uid=4242, role="guest"),
-    ])
-    assert config.role_for(4242, 1) == "admin"
-    assert config.role_for(65534, 65534) == "poweruser"  # "nobody" on Debian
-    assert config.role_for(5000, 5000, groups=[4343]) == "user"  # a supplementary group
-    assert config.role_for(5000, 4343, groups=[]) == "user"  # the primary group
-    assert config.role_for(5000, 5000, groups=[]) is None
+RULES = (
+    AccessRule(uid=4242, role="admin", written="uid 4242"),
+    AccessRule(uid=65534, role="poweruser", written="user nobody"),
+    AccessRule(gid=4343, role="user", written="group 4343"),
+    AccessRule(uid=4242, role="guest", written="uid 4242"),
+    AccessRule(role="admin", written="user bob"),  # bob did not exist at load: never matches
+)
 
 
-def test_load_access_config() -> None:
-    config = load_access_config({
-        "socket": {"path": "/run/x.sock", "mode": "0666", "group": "swarm"},
-        "access": [{"user": "alice", "role": "admin"}, {"group": "swarm", "role": "poweruser"},
-                   {"uid": 1001, "role": "user"}],
-        "log_level": "info",  # someone else's key
-    })
-    assert config.socket_path == "/run/x.sock" and config.socket_mode == 0o666 and config.socket_group == "swarm"
-    assert config.rules == [AccessRule(user="alice", role="admin"), AccessRule(group="swarm", role="poweruser"),
-                            AccessRule(uid=1001, role="user")]
-    assert load_access_config({}) == AccessConfig()
-    assert load_access_config(None) == AccessConfig()
+async def test_rules_match_uid_and_groups_first_wins() -> None:
+    def no_lookups(uid: int) -> tuple[int, ...] | None:
+        raise AssertionError(f"looked up uid {uid} although the kernel gave the groups")
+
+    rules = Access(RULES, login_groups=no_lookups)
+    assert await rules.role(PeerCred(1, 4242, 1, ())) == "admin"
+    assert await rules.role(PeerCred(1, 65534, 65534, ())) == "poweruser"
+    assert await rules.role(PeerCred(1, 5000, 5000, (7, 4343))) == "user"  # a supplementary group
+    assert await rules.role(PeerCred(1, 5000, 4343, ())) == "user"  # the primary group
+    assert await rules.role(PeerCred(1, 5000, 5000, ())) is None
+    assert access.role_of(RULES, 5000, [5000, 4343]) == "user"
+    assert access.role_of(RULES, 5000, [5000]) is None
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({"access": {"user": "a"}}, "access: expected a list"),
-    ({"access": [{"user": "a"}]}, "access[0].role: expected one of"),
-    ({"access": [{"user": "a", "role": "root"}]}, "access[0].role: expected one of"),
-    ({"access": [{"user": "a", "uid": 3, "role": "user"}]}, "access[0]: give exactly one of"),
-    ({"access": [{"role": "user"}]}, "access[0]: give exactly one of"),
-    ({"access": [{"uid": "x", "role": "user"}]}, "access[0].uid: expected a non-negative integer"),
-    ({"access": [{"usr": "a", "role": "user"}]}, "access[0].usr: unknown key"),
-    ({"socket": {"mode": 660}}, "socket.mode: write the mode as a quoted octal string"),
-    ({"socket": {"mode": "0999"}}, "socket.mode: expected an octal mode"),
-    ({"socket": {"mode": "07777"}}, "socket.mode: expected permission bits only"),
-    ({"socket": {"colour": "red"}}, "socket.colour: unknown key"),
-    ({"socket": "/run/x.sock"}, "socket: expected a mapping"),
-    (["not", "a", "mapping"], "config: expected a mapping"),
+async def test_login_groups_are_looked_up_in_a_thread_only_without_peer_groups_and_cached() -> None:
+    calls: list[tuple[int, int]] = []
+    now = [0.0]
+
+    def login_groups(uid: int) -> tuple[int, ...] | None:
+        calls.append((uid, threading.get_ident()))
+        return {5000: (5000, 4343)}.get(uid)
+
+    rules = Access(RULES, login_groups=login_groups, cache_seconds=60, cache_size=2, clock=lambda: now[0])
+    assert await rules.role(PeerCred(1, 5000, 5000, None)) == "user"
+    assert await rules.role(PeerCred(2, 5000, 5000, None)) == "user"
+    assert await rules.role(PeerCred(3, 5001, 5001, None)) is None  # no such user: its own gid only
+    assert await rules.role(PeerCred(3, 5001, 4343, None)) == "user"
+    assert [uid for uid, _ in calls] == [5000, 5001]  # once per uid while cached
+    assert all(thread != threading.get_ident() for _, thread in calls)  # never on the event loop's thread
+    now[0] = 61.0
+    assert await rules.role(PeerCred(1, 5000, 5000, None)) == "user"
+    assert [uid for uid, _ in calls] == [5000, 5001, 5000]  # expired: looked up again
+    for uid in (6000, 6001, 6002):  # the cache keeps at most 2 uids
+        await rules.role(PeerCred(1, uid, uid, None))
+    assert len(rules._groups_cache._entries) == 2
+    # No group rule: the uid decides alone, nothing to look up.
+    uid_only = Access((AccessRule(uid=4242, role="admin"),), login_groups=login_groups)
+    assert await uid_only.role(PeerCred(1, 4242, 1, None)) == "admin"
+    assert await uid_only.role(PeerCred(1, 9000, 9000, None)) is None
+    assert len(calls) == 6
+
+
+async def test_a_stuck_user_database_does_not_block_the_event_loop() -> None:
+    release = threading.Event()
+
+    def stuck(uid: int) -> tuple[int, ...] | None:
+        release.wait(10)
+        return (4343,)
+
+    rules = Access(RULES, login_groups=stuck)
+    ticks = 0
+    async with trio.open_nursery() as nursery:
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await trio.sleep(0.01)
+                ticks += 1
+
+        nursery.start_soon(ticker)
+        with trio.move_on_after(0.3) as scope:
+            await rules.role(PeerCred(1, 5000, 5000, None))
+        assert scope.cancelled_caught  # the caller can give up: the thread is abandoned
+        assert ticks >= 10  # the loop kept running meanwhile
+        nursery.cancel_scope.cancel()
+    release.set()
+
+
+async def test_user_label() -> None:
+    assert await access.user_label(0) == "root"
+    assert await access.user_label(65534) == "nobody"
+    assert await access.user_label(2**31 - 7) == f"uid-{2**31 - 7}"
+
+
+def test_rules_come_resolved_from_the_config(tmp_path) -> None:
+    from swarmd import config
+
+    path = tmp_path / "swarmd.yaml"
+    path.write_text("access:\n  - {user: root, role: admin}\n  - {group: nogroup, role: poweruser}\n"
+                    "  - {uid: 1001, role: user}\n")
+    loaded = config.load(str(path), environ={"SWARMD_CONFIG": "/nonexistent"})
+    assert loaded.access == (AccessRule(uid=0, role="admin", written="user root"),
+                             AccessRule(gid=65534, role="poweruser", written="group nogroup"),
+                             AccessRule(uid=1001, role="user", written="uid 1001"))
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (660, "mode: write the mode as a quoted octal string"),
+    (True, "mode: write the mode as a quoted octal string"),
+    ("0999", "mode: expected an octal mode"),
+    ("", "mode: expected an octal mode"),
+    ("07777", "mode: expected permission bits only"),
 ])
-def test_load_access_config_errors(data: object, message: str) -> None:
-    with pytest.raises(ValueError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
-        load_access_config(data)  # type: ignore[arg-type]
+def test_parse_mode_errors(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match="^" + message):
+        parse_mode(value)
 
 
 def test_parse_mode() -> None:
     assert parse_mode("0660") == parse_mode("660") == parse_mode("0o660") == 0o660
+    assert parse_mode(" 0O600 ") == 0o600
 
 
 # -- /proc --------------------------------------------------------------------------------------------------

@@ -11,60 +11,49 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import Daemon, backend_yaml, pids_with, pids_with_arg, wait_until
+from tests.helpers import pids_with_arg, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def daemons():
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
-
-
-def test_sigkill_of_the_daemon_leaves_no_process_behind(tmp_path, daemons):
+def test_sigkill_of_the_daemon_leaves_no_process_behind(start_daemon):
     marker = f"swarmd-orphan-{os.getpid()}"
-    # each backend: a main process and a grandchild in its group, both carrying the marker
+    # each backend: a main process and a grandchild in its group, each with its own marker argument
     backends = {i: {"settings": {"command": (
         f"sh -c \"{sys.executable} -c 'import time; time.sleep(600)' {marker}-gc & "
         f"exec {sys.executable} -c 'import time; time.sleep(600)' {marker}-main\"")}} for i in range(5)}
-    daemon = Daemon(tmp_path, backend_yaml(backends))
-    daemons.append(daemon)
+    daemon = start_daemon(backends)
     daemon.wait_log(r"ready \(pid", count=5)
     wait_until(lambda: len(pids_with_arg(f"{marker}-gc")) == 5, what="5 grandchildren")
     wait_until(lambda: len(pids_with_arg(f"{marker}-main")) == 5, what="5 main processes")
-    daemon.proc.kill()
-    daemon.proc.wait()
+    daemon.kill()
+
+    def left() -> list[int]:
+        return pids_with_arg(f"{marker}-gc") + pids_with_arg(f"{marker}-main")
+
     try:
-        wait_until(lambda: not pids_with(marker), timeout=5, what="every backend process gone")
+        wait_until(lambda: not left(), timeout=5, what="every backend process gone")
     except AssertionError:
-        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids_with(marker)}
-        raise AssertionError(f"left behind: {left}\n{daemon.log()}") from None
+        cmdlines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left()}
+        raise AssertionError(f"left behind: {cmdlines}\n{daemon.log()}") from None
 
 
-def test_sigterm_stops_everything_and_exits_0(tmp_path, daemons):
+def test_sigterm_stops_everything_and_exits_0(start_daemon):
     marker = f"swarmd-term-{os.getpid()}"
     backends = {i: {"settings": {"command": f"{sys.executable} -c 'import time; time.sleep(600)' {marker}"}}
                 for i in range(3)}
-    daemon = Daemon(tmp_path, backend_yaml(backends))
-    daemons.append(daemon)
+    daemon = start_daemon(backends)
     daemon.wait_log(r"ready \(pid", count=3)
-    assert len(pids_with(marker)) == 3
+    wait_until(lambda: len(pids_with_arg(marker)) == 3, what="3 backend processes")
     assert daemon.stop(signal.SIGTERM) == 0
-    assert pids_with(marker) == []
+    assert pids_with_arg(marker) == []
     assert "swarmd stopped" in daemon.log()
 
 
-def test_a_child_of_a_daemon_that_ignores_sigint_still_stops_on_sigint(tmp_path, daemons):
+def test_a_child_of_a_daemon_that_ignores_sigint_still_stops_on_sigint(start_daemon):
     # The main process is `sleep`, which has no handler: only a default SIGINT disposition ends it.
-    text = backend_yaml({0: {"settings": {"command": "sleep 600", "stop_signal": "SIGINT",
-                                          "stop_timeout": 30}}})
-    daemon = Daemon(tmp_path, text, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    daemons.append(daemon)
+    daemon = start_daemon({0: {"settings": {"command": "sleep 600", "stop_signal": "SIGINT", "stop_timeout": 30}}},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     pid = int(daemon.wait_log(r"ready \(pid (\d+)")[0])
     with open(f"/proc/{pid}/status") as handle:
         ignored = int(next(line for line in handle if line.startswith("SigIgn:")).split()[1], 16)
@@ -75,11 +64,9 @@ def test_a_child_of_a_daemon_that_ignores_sigint_still_stops_on_sigint(tmp_path,
     assert not os.path.exists(f"/proc/{pid}")
 
 
-def test_the_example_file_serves_http_on_both_backends(tmp_path, daemons):
-    example = tmp_path / "backends.yaml"
-    shutil.copy(ROOT / "etc/swarmd/backends.yaml", example)
-    daemon = Daemon(tmp_path)
-    daemons.append(daemon)
+def test_the_example_file_serves_http_on_both_backends(tmp_path, start_daemon):
+    shutil.copy(ROOT / "etc/swarmd/backends.yaml", tmp_path / "backends.yaml")
+    daemon = start_daemon()
     ports = daemon.wait_log(r"ready \(pid \d+, port (\d+)\)", count=2)
     for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:

@@ -19,29 +19,13 @@ from pathlib import Path
 import pytest
 
 from swarmd import backends_file
-from tests.helpers import Daemon, api, backend_yaml, pids_with, pids_with_arg, wait_socket, wait_until
+from tests.helpers import Daemon, alive, backend_yaml, pids_with_arg, wait_until
 
 PY = sys.executable
 
 
-@pytest.fixture
-def daemons():
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        if daemon.proc.poll() is None:
-            daemon.stop(signal.SIGTERM)
-
-
-def start(tmp_path, daemons, backends, **kwargs) -> Daemon:
-    daemon = Daemon(tmp_path, backend_yaml(backends) if isinstance(backends, dict) else backends, **kwargs)
-    daemons.append(daemon)
-    wait_socket(daemon.socket)
-    return daemon
-
-
 def listing(d: Daemon, full: bool = True) -> dict[str, dict]:
-    return api(d.socket, "ListBackends", {"full_data": full})
+    return d.ok("ListBackends", {"full_data": full})
 
 
 def settled(d: Daemon, expected: dict[int, str], timeout: float = 20.0) -> dict[str, dict]:
@@ -64,26 +48,27 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def test_sigkilled_daemon_with_20_backends_leaves_nothing_and_a_new_one_brings_all_back(tmp_path, daemons):
+def test_sigkilled_daemon_with_20_backends_leaves_nothing_and_a_new_one_brings_all_back(start_daemon):
     marker = f"swarmd-rel-{os.getpid()}"
     backends = {i: {"settings": {"command": (
         f"sh -c \"{PY} -c 'import time; time.sleep(600)' {marker}-gc & "
         f"exec {PY} -c 'import time; time.sleep(600)' {marker}-main\"")}} for i in range(20)}
-    first = start(tmp_path, daemons, backends)
+    first = start_daemon(backends)
     settled(first, dict.fromkeys(range(20), "running"))
     wait_until(lambda: len(pids_with_arg(f"{marker}-gc")) == 20, what="20 grandchildren")
-    first.proc.kill()
-    first.proc.wait()
-    wait_until(lambda: not pids_with(marker), timeout=5, what="no backend process left")
+    wait_until(lambda: len(pids_with_arg(f"{marker}-main")) == 20, what="20 main processes")
+    first.kill()
+    wait_until(lambda: not pids_with_arg(f"{marker}-gc") and not pids_with_arg(f"{marker}-main"), timeout=5,
+               what="no backend process left")
     # The stale socket of the dead daemon is replaced; the file brings every backend back.
-    second = start(tmp_path, daemons, None)
+    second = start_daemon(None)
     settled(second, dict.fromkeys(range(20), "running"))
     wait_until(lambda: len(pids_with_arg(f"{marker}-main")) == 20, what="20 main processes again")
 
 
-def test_misbehaving_backends_end_documented_and_the_daemon_stays_responsive_and_idle(tmp_path, daemons):
+def test_misbehaving_backends_end_documented_and_the_daemon_stays_responsive_and_idle(start_daemon):
     ignore_term = f"{PY} -c \"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)\""
-    d = start(tmp_path, daemons, {
+    d = start_daemon({
         0: {"title": "no such program", "settings": {"command": "/nonexistent/server --port {port}"}},
         1: {"title": "crashes at once", "settings": {"command": f"{PY} -c 'raise SystemExit(1)'",
                                                      "restart_delay": 0.05, "start_limit_burst": 3}},
@@ -107,9 +92,9 @@ def test_misbehaving_backends_end_documented_and_the_daemon_stays_responsive_and
     # The one that ignores SIGTERM is SIGKILLed after its stop_timeout when disabled.
     pid = now["3"]["pid"]
     began = time.monotonic()
-    assert api(d.socket, "ToggleBackend", {"backend_id": 3, "enabled": False}) == {"result": "Success."}
+    assert d.api("ToggleBackend", {"backend_id": 3, "enabled": False}) == {"result": "Success."}
     assert time.monotonic() - began < 5
-    assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    assert not alive(pid)
     # Settled: the daemon sits idle (no polling loop, no spinning restart).
     before = cpu_seconds(d.proc.pid)
     time.sleep(2)
@@ -117,12 +102,11 @@ def test_misbehaving_backends_end_documented_and_the_daemon_stays_responsive_and
     assert listing(d)["1"]["restarts"] == 2
 
 
-def test_a_storm_of_concurrent_mutations_and_hand_edits_loses_nothing(tmp_path, daemons):
+def test_a_storm_of_concurrent_mutations_and_hand_edits_loses_nothing(tmp_path, start_daemon):
     import fcntl
 
     clients = 10
-    d = start(tmp_path, daemons, {i: {"title": f"client-{i}", "settings": {"command": "sleep 600"}}
-                                  for i in range(clients)})
+    d = start_daemon({i: {"title": f"client-{i}", "settings": {"command": "sleep 600"}} for i in range(clients)})
     settled(d, dict.fromkeys(range(clients), "running"))
     acknowledged_adds: list[int] = []
     last_title: dict[int, str] = {}
@@ -135,17 +119,17 @@ def test_a_storm_of_concurrent_mutations_and_hand_edits_loses_nothing(tmp_path, 
         for n in range(20):
             kind = n % 3
             if kind == 0:
-                answer = api(d.socket, "AddNewBackend", {"type_id": "process"})
+                answer = d.api("AddNewBackend", {"type_id": "process"})
                 if "error" not in answer:
                     acknowledged_adds.append(int(answer["id"]))
             elif kind == 1:
                 title = f"client-{i}-{n}"
-                answer = api(d.socket, "EditBackend", {"backend_id": i, "title": title, "settings": {}})
+                answer = d.api("EditBackend", {"backend_id": i, "title": title, "settings": {}})
                 if "error" not in answer:
                     last_title[i] = title
             else:
                 enabled = bool(n % 2)
-                answer = api(d.socket, "ToggleBackend", {"backend_id": i, "enabled": enabled})
+                answer = d.api("ToggleBackend", {"backend_id": i, "enabled": enabled})
                 if "error" not in answer:
                     last_enabled[i] = enabled
             if "error" in answer and "kept changing on disk" not in answer["error"]:
@@ -153,9 +137,9 @@ def test_a_storm_of_concurrent_mutations_and_hand_edits_loses_nothing(tmp_path, 
 
     def hand_editor() -> None:
         for n in range(20):
-            fd = os.open(tmp_path, os.O_RDONLY)
+            fd = os.open(f"{d.backends}.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # a careful config tool: see backends_file.directory_lock
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a careful config tool: see backends_file's write lock
                 new_id = 90000 - n
                 text = d.backends.read_text() + f"  {new_id}:\n    type: process\n    title: hand-{n}\n"
                 temp = tmp_path / f".hand-{n}"
@@ -201,7 +185,7 @@ def test_a_storm_of_concurrent_mutations_and_hand_edits_loses_nothing(tmp_path, 
     wait_until(same, what="daemon state equal to the file")
 
 
-def test_disk_full_and_read_only_config_fail_cleanly(tmp_path, daemons):
+def test_disk_full_and_read_only_config_fail_cleanly(tmp_path, start_daemon):
     mount = tmp_path / "etc"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
@@ -210,7 +194,7 @@ def test_disk_full_and_read_only_config_fail_cleanly(tmp_path, daemons):
     try:
         path = mount / "backends.yaml"
         path.write_text(backend_yaml({0: {"settings": {"command": "sleep 600"}}}))
-        d = start(tmp_path, daemons, None, backends_path=path)
+        d = start_daemon(None, backends_path=path)
         settled(d, {0: "running"})
         before_text, before_state = path.read_bytes(), listing(d, full=False)
         filler = mount / "filler"
@@ -222,20 +206,21 @@ def test_disk_full_and_read_only_config_fail_cleanly(tmp_path, daemons):
             pass
         finally:
             os.close(fd)
-        answer = api(d.socket, "AddNewBackend", {"type_id": "process"})
+        answer = d.api("AddNewBackend", {"type_id": "process"})
         assert "No space left on device" in answer["error"] and "Nothing was changed" in answer["error"]
-        answer = api(d.socket, "EditBackend", {"backend_id": 0, "title": "x" * 5000, "settings": {}})
+        answer = d.api("EditBackend", {"backend_id": 0, "title": "x" * 5000, "settings": {}})
         assert "No space left on device" in answer["error"]
         assert path.read_bytes() == before_text
         assert listing(d, full=False) == before_state
-        assert sorted(p.name for p in mount.iterdir()) == ["backends.yaml", "filler"]  # no temp left
+        # no temp file left (the write lock, made at start, stays)
+        assert sorted(p.name for p in mount.iterdir()) == ["backends.yaml", "backends.yaml.lock", "filler"]
         filler.unlink()
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-        answer = api(d.socket, "ToggleBackend", {"backend_id": 0, "enabled": False})
+        answer = d.api("ToggleBackend", {"backend_id": 0, "enabled": False})
         assert "read-only" in answer["error"].lower() and "Nothing was changed" in answer["error"]
         assert path.read_bytes() == before_text
         assert listing(d, full=False) == before_state
-        d.stop(signal.SIGTERM)
+        assert d.stop(signal.SIGTERM) == 0
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
@@ -291,8 +276,8 @@ def hostile_requests() -> list[bytes]:
     return cases
 
 
-def test_hostile_requests_get_json_errors_or_a_closed_connection(tmp_path, daemons):
-    d = start(tmp_path, daemons, {0: {"settings": {"command": "sleep 600"}}})
+def test_hostile_requests_get_json_errors_or_a_closed_connection(start_daemon):
+    d = start_daemon({0: {"settings": {"command": "sleep 600"}}})
     settled(d, {0: "running"})
     before_text = d.backends.read_bytes()
     rss_before = rss_bytes(d.proc.pid)
@@ -323,34 +308,77 @@ def test_hostile_requests_get_json_errors_or_a_closed_connection(tmp_path, daemo
     assert rss_bytes(d.proc.pid) - rss_before < 64 * 1024 * 1024
 
 
-def test_no_parameter_makes_the_daemon_touch_another_path(tmp_path, daemons):
-    d = start(tmp_path, daemons, {0: {"settings": {"command": "sleep 600"}}})
+def tracer_pids(pid: int) -> dict[int, int]:
+    """{thread id: TracerPid} for every thread of process `pid` (0: not traced)."""
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        found[int(tid)] = int(re.search(r"^TracerPid:\s*(\d+)", status, re.M)[1])
+    return found
+
+
+def thread_lines(trace: str, threads: set[int]) -> list[str]:
+    """The lines of an `strace -f` log (each prefixed by its thread id) written by the threads of one
+    process: `threads` (its threads when strace attached) and every thread they started later (clone with
+    CLONE_THREAD). The lines of the processes it started are left out: running commands is their job."""
+    started: list[tuple[int, bool, int]] = []  # (caller, CLONE_THREAD, new id)
+    unfinished: dict[int, bool] = {}
+    lines = [line.split(" ", 1) for line in trace.splitlines() if line[:1].isdigit() and " " in line]
+    for tid_text, call in lines:
+        tid = int(tid_text)
+        if call.startswith(("clone(", "clone3(", "<... clone resumed>", "<... clone3 resumed>")):
+            is_thread = unfinished.pop(tid, False) if call.startswith("<...") else "CLONE_THREAD" in call
+            if call.endswith("<unfinished ...>"):
+                unfinished[tid] = is_thread
+            elif (new := re.search(r"\) = (\d+)$", call)) is not None:
+                started.append((tid, is_thread, int(new[1])))
+    known = set(threads)
+    while grown := {new for caller, is_thread, new in started if is_thread and caller in known} - known:
+        known |= grown
+    return [call for tid_text, call in lines if int(tid_text) in known]
+
+
+def test_no_parameter_makes_the_daemon_touch_another_path(tmp_path, start_daemon):
+    d = start_daemon({0: {"settings": {"command": "sleep 600"}}})
     settled(d, {0: "running"})
-    trace = tmp_path / "trace"
-    # Trace the daemon's own threads (not the children it starts: running commands is their job).
-    tracer = subprocess.Popen(["strace", "-qq", "-e", "trace=%file", "-o", str(trace), "-p",
-                               str(d.proc.pid)] + sum((["-p", t] for t in os.listdir(f"/proc/{d.proc.pid}/task")
-                                                       if t != str(d.proc.pid)), []),
-                              stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    evil = ["../../etc/passwd", "/etc/shadow", "backend-../../../tmp/x", "%2e%2e/etc", "\x00/etc/hosts",
-            str(tmp_path / "elsewhere.yaml")]
-    for value in evil:
-        api(d.socket, "EditBackend", {"backend_id": 0, "title": value, "settings": {"cwd": value}})
-        api(d.socket, "EditBackend", {"backend_id": value, "title": value, "settings": {}})
-        api(d.socket, "ListRecentLogMessages", {"types": [value], "last_sequence_ids": {value: value}})
-        api(d.socket, "DeleteBackend", {"backend_id": value})
-        api(d.socket, "AddNewBackend", {"type_id": value})
-        api(d.socket, "RestartBackends", {"backend": value})
-        api(d.socket, "FreeBackendMemory", {"backend": value})
-        api(d.socket, "ListLogTypes", {value: value})
-    time.sleep(0.3)
-    tracer.send_signal(signal.SIGINT)
-    tracer.wait(10)
+    trace, errors = tmp_path / "trace", tmp_path / "strace.err"
+    # -f: strace attaches to every thread of the daemon and to those it starts later; the processes it
+    # starts are traced too, and their lines left out below (thread_lines).
+    with errors.open("wb") as stderr:
+        tracer = subprocess.Popen(["strace", "-qq", "-f", "-e", "trace=%file,clone,clone3", "-e", "signal=none",
+                                   "-o", str(trace), "-p", str(d.proc.pid)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        def attached() -> dict[int, int] | None:
+            if tracer.poll() is not None:
+                raise AssertionError(f"strace exited with {tracer.returncode}: {errors.read_text()}")
+            tracers = tracer_pids(d.proc.pid)
+            return tracers if all(tracers.values()) else None
+
+        threads = set(wait_until(attached, timeout=20, what="strace attached to every thread of the daemon"))
+        evil = ["../../etc/passwd", "/etc/shadow", "backend-../../../tmp/x", "%2e%2e/etc", "\x00/etc/hosts",
+                str(tmp_path / "elsewhere.yaml")]
+        for value in evil:
+            d.api("EditBackend", {"backend_id": 0, "title": value, "settings": {"cwd": value}})
+            d.api("EditBackend", {"backend_id": value, "title": value, "settings": {}})
+            d.api("ListRecentLogMessages", {"types": [value], "last_sequence_ids": {value: value}})
+            d.api("DeleteBackend", {"backend_id": value})
+            d.api("AddNewBackend", {"type_id": value})
+            d.api("RestartBackends", {"backend": value})
+            d.api("FreeBackendMemory", {"backend": value})
+            d.api("ListLogTypes", {value: value})
+        time.sleep(0.3)  # what the daemon does right after its answers (restarts, write-backs) is traced too
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
     touched = set()
-    for line in trace.read_text().splitlines():
-        for path in re.findall(r'"((?:[^"\\]|\\.)*)"', line):
+    for call in thread_lines(trace.read_text(), threads):
+        for path in re.findall(r'"((?:[^"\\]|\\.)*)"', call):
             touched.add(path)
+    # the control: the trace holds the daemon's own writes of the backends file (EditBackend of backend 0)
+    assert any(p.startswith(str(d.backends)) for p in touched), sorted(touched)
     allowed_prefixes = (str(tmp_path), "/proc/", "/sys/", "/dev/", "/etc/localtime", "/usr/", "/lib",
                         sys.prefix, sys.base_prefix, "/etc/ld.so", "/etc/nsswitch.conf", "/etc/passwd",
                         "/etc/group")
@@ -359,6 +387,5 @@ def test_no_parameter_makes_the_daemon_touch_another_path(tmp_path, daemons):
     outside = sorted(p for p in touched
                      if not p.startswith(allowed_prefixes) and p not in (".", "") and p not in ancestors)
     assert not outside, outside
-    for value in evil:
-        assert value not in touched or value.startswith(str(tmp_path)) and value.endswith("backends.yaml")
+    assert not set(evil) & touched, set(evil) & touched
     assert not (tmp_path / "elsewhere.yaml").exists()

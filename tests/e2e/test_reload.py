@@ -9,37 +9,20 @@ import sys
 import threading
 import time
 
-import pytest
-
 from swarmd import backends_file
-from tests.helpers import Daemon, api, backend_yaml, wait_socket, wait_until
+from tests.helpers import Daemon, backend_yaml, eventually, wait_until
 
 SLEEP = f"{sys.executable} -c 'import time; time.sleep(600)'"
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    started: list[Daemon] = []
-
-    def start(backends: dict[int, dict]) -> Daemon:
-        d = Daemon(tmp_path, backend_yaml(backends))
-        started.append(d)
-        wait_socket(d.socket)
-        return d
-
-    yield start
-    for d in started:
-        d.stop(signal.SIGTERM)
-
-
 def pids(d: Daemon) -> dict[int, int | None]:
-    listing = api(d.socket, "ListBackends", {"full_data": True})
+    listing = d.ok("ListBackends", {"full_data": True})
     return {int(k): v["pid"] for k, v in listing.items()}
 
 
 def all_running(d: Daemon, count: int) -> dict[int, int]:
     def ready():
-        listing = api(d.socket, "ListBackends", {"full_data": True})
+        listing = d.ok("ListBackends", {"full_data": True})
         if len(listing) == count and all(v["status"] == "running" for v in listing.values()):
             return {int(k): v["pid"] for k, v in listing.items()}
         return None
@@ -58,27 +41,27 @@ def reloads(d: Daemon) -> int:
     return d.log().count("reloaded ")
 
 
-def test_changing_one_setting_restarts_exactly_that_backend(daemon):
-    d = daemon({i: {"settings": {"command": SLEEP}} for i in range(10)})
+def test_changing_one_setting_restarts_exactly_that_backend(start_daemon):
+    d = start_daemon({i: {"settings": {"command": SLEEP}} for i in range(10)})
     before = all_running(d, 10)
     text = d.backends.read_text()
     editor = backends_file.Editor(str(d.backends), text)
     editor.set_backend(3, settings={"stop_timeout": 4})
     save_atomically(d.backends, editor.render())
-    after = wait_until(lambda: (p := pids(d))[3] not in (None, before[3]) and p, what="backend 3 restarted")
+    wait_until(lambda: pids(d)[3] not in (None, before[3]), what="backend 3 restarted")
     after = all_running(d, 10)
     assert after[3] != before[3]
     assert {k: v for k, v in after.items() if k != 3} == {k: v for k, v in before.items() if k != 3}
-    listing = api(d.socket, "ListBackends")
+    listing = d.ok("ListBackends")
     assert listing["3"]["modcount"] == 1 and listing["4"]["modcount"] == 0
 
 
-def test_every_save_style_is_picked_up_and_touch_is_not(daemon, tmp_path):
-    d = daemon({0: {"title": "t0", "settings": {"command": SLEEP}}})
+def test_every_save_style_is_picked_up_and_touch_is_not(start_daemon):
+    d = start_daemon({0: {"title": "t0", "settings": {"command": SLEEP}}})
     pid = all_running(d, 1)[0]
 
     def title() -> str:
-        return api(d.socket, "ListBackends")["0"]["title"]
+        return d.ok("ListBackends")["0"]["title"]
 
     def retitle(new: str) -> str:
         return d.backends.read_text().replace(f'title: "{title()}"', f'title: "{new}"')
@@ -100,73 +83,80 @@ def test_every_save_style_is_picked_up_and_touch_is_not(daemon, tmp_path):
     wait_until(lambda: title() == "vim", what="vim-style save")
     # a title change never restarts the process
     assert pids(d)[0] == pid
-    # 4. touch and the daemon's own write-back change nothing
+    # 4. touch and the daemon's own write-back change nothing. The log is written in order, through a
+    # queue: once the line of a title-only API edit is in the file, so is every reload before it.
+    assert d.ok("EditBackend", {"backend_id": 0, "title": "via-api", "settings": {}})["title"] == "via-api"
+    d.wait_log(r"edited backend-0")
     count = reloads(d)
     os.utime(d.backends)
-    assert api(d.socket, "EditBackend", {"backend_id": 0, "title": "via-api", "settings": {}})["title"] == "via-api"
-    time.sleep(0.6)
+    assert d.ok("EditBackend", {"backend_id": 0, "title": "via-api-2", "settings": {}})["title"] == "via-api-2"
+    d.wait_log(r"edited backend-0", count=2)
+    time.sleep(0.6)  # a reload either of them caused would have come by now
     assert reloads(d) == count
     assert pids(d)[0] == pid
+    # and the watcher still sees a real save after them: exactly one reload more
+    save_atomically(d.backends, retitle("after"))
+    wait_until(lambda: title() == "after", what="the save after the touch")
+    wait_until(lambda: reloads(d) >= count + 1, what="its reload logged")
+    assert reloads(d) == count + 1
 
 
-def test_a_symlinked_file_whose_target_changes(tmp_path):
+def test_a_symlinked_file_whose_target_changes(tmp_path, start_daemon):
     real_dir = tmp_path / "managed"
     real_dir.mkdir()
     first = real_dir / "v1.yaml"
     first.write_text(backend_yaml({0: {"title": "one", "settings": {"command": SLEEP}}}))
     link = tmp_path / "backends.yaml"
     link.symlink_to(first)
-    d = Daemon(tmp_path, backends_path=link)
-    try:
-        wait_socket(d.socket)
-        all_running(d, 1)
-        second = real_dir / "v2.yaml"
-        second.write_text(backend_yaml({0: {"title": "two", "settings": {"command": SLEEP}}}))
-        temp_link = tmp_path / "backends.yaml.new"
-        temp_link.symlink_to(second)
-        os.replace(temp_link, link)  # what config tools do: swap the link atomically
-        wait_until(lambda: api(d.socket, "ListBackends")["0"]["title"] == "two", what="retargeted link")
-        # and an edit of the new target is seen too (the watch followed the link)
-        second.write_text(second.read_text().replace('"two"', '"three"'))
-        wait_until(lambda: api(d.socket, "ListBackends")["0"]["title"] == "three", what="edit of new target")
-        # the API writes through the link, keeping it a link
-        api(d.socket, "EditBackend", {"backend_id": 0, "title": "four", "settings": {}})
-        assert link.is_symlink() and 'title: "four"' in second.read_text()
-    finally:
-        d.stop(signal.SIGTERM)
+    d = start_daemon(None, backends_path=link)
+    all_running(d, 1)
+    second = real_dir / "v2.yaml"
+    second.write_text(backend_yaml({0: {"title": "two", "settings": {"command": SLEEP}}}))
+    temp_link = tmp_path / "backends.yaml.new"
+    temp_link.symlink_to(second)
+    os.replace(temp_link, link)  # what config tools do: swap the link atomically
+    wait_until(lambda: d.ok("ListBackends")["0"]["title"] == "two", what="retargeted link")
+    # and an edit of the new target is seen too (the watch followed the link)
+    second.write_text(second.read_text().replace('"two"', '"three"'))
+    wait_until(lambda: d.ok("ListBackends")["0"]["title"] == "three", what="edit of new target")
+    # the API writes through the link, keeping it a link
+    d.ok("EditBackend", {"backend_id": 0, "title": "four", "settings": {}})
+    assert link.is_symlink() and 'title: "four"' in second.read_text()
 
 
-def test_broken_yaml_keeps_running_and_refuses_mutations(daemon):
-    d = daemon({0: {"settings": {"command": SLEEP}}, 1: {"settings": {"command": SLEEP}}})
+def test_broken_yaml_keeps_running_and_refuses_mutations(start_daemon):
+    d = start_daemon({0: {"settings": {"command": SLEEP}}, 1: {"settings": {"command": SLEEP}}})
     before = all_running(d, 2)
     good = d.backends.read_text()
     broken = good.replace("    settings:\n", "    settings: [\n", 1)
     save_atomically(d.backends, broken)
     d.wait_log(r"backends.yaml:\d+:\d+: YAML syntax")
-    answer = api(d.socket, "EditBackend", {"backend_id": 0, "title": "x", "settings": {}})
+    answer = d.api("EditBackend", {"backend_id": 0, "title": "x", "settings": {}})
     assert "backends file is invalid" in answer["error"] and "YAML syntax" in answer["error"]
     assert d.backends.read_text() == broken  # the person's text is never overwritten
     assert pids(d) == before
     fixed = good.replace('title: "b1"', 'title: "fixed"')
     save_atomically(d.backends, fixed)
-    wait_until(lambda: api(d.socket, "ListBackends")["1"]["title"] == "fixed", what="the fix applied")
-    assert api(d.socket, "EditBackend", {"backend_id": 0, "title": "ok", "settings": {}})["title"] == "ok"
+    wait_until(lambda: d.ok("ListBackends")["1"]["title"] == "fixed", what="the fix applied")
+    assert d.ok("EditBackend", {"backend_id": 0, "title": "ok", "settings": {}})["title"] == "ok"
 
 
-def test_sighup_reloads_at_once(daemon):
-    d = daemon({0: {"title": "a", "settings": {"command": SLEEP}}})
+def test_sighup_reloads_at_once(start_daemon):
+    d = start_daemon({0: {"title": "a", "settings": {"command": SLEEP}}})
     all_running(d, 1)
     text = d.backends.read_text().replace('title: "a"', 'title: "hup"')
-    # Write without the watcher noticing first is not possible to guarantee; SIGHUP must be harmless
-    # either way and must apply the file when the watcher has not.
-    d.backends.write_text(text)
-    d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: api(d.socket, "ListBackends")["0"]["title"] == "hup")
-    assert "SIGHUP: reloading" in d.log()
+    # The new text is written in place and the file kept open: the watcher waits for the writer to close
+    # it (see test_a_save_in_progress_is_not_read_until_the_writer_closes_it), so only SIGHUP can apply it.
+    with open(d.backends, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: d.ok("ListBackends")["0"]["title"] == "hup", what="the file applied by SIGHUP")
+    d.wait_log("SIGHUP: reloading")
 
 
-def test_api_mutations_racing_hand_edits_lose_nothing(daemon):
-    d = daemon({0: {"settings": {"command": "sleep 600"}}})
+def test_api_mutations_racing_hand_edits_lose_nothing(start_daemon):
+    d = start_daemon({0: {"settings": {"command": "sleep 600"}}})
     all_running(d, 1)
     api_ids: list[int] = []
     hand_ids: list[int] = []
@@ -174,7 +164,7 @@ def test_api_mutations_racing_hand_edits_lose_nothing(daemon):
 
     def api_side() -> None:
         for _ in range(40):
-            answer = api(d.socket, "AddNewBackend", {"type_id": "process"})
+            answer = d.api("AddNewBackend", {"type_id": "process"})
             if "error" in answer:
                 errors.append(answer["error"])
             else:
@@ -182,13 +172,13 @@ def test_api_mutations_racing_hand_edits_lose_nothing(daemon):
 
     def hand_side() -> None:
         # A config tool adding entries: read, modify, save with an atomic rename -- holding the lock that
-        # swarmd takes on the file's directory for its own writes (`flock DIR`), so neither side can
+        # swarmd takes for its own writes (`flock backends.yaml.lock`), so neither side can
         # save over a version it did not read.
         import fcntl
 
         for i in range(40):
             new_id = 50000 - i
-            fd = os.open(d.backends.parent, os.O_RDONLY)
+            fd = os.open(f"{d.backends}.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 text = d.backends.read_text() + f"  {new_id}:\n    type: process\n    title: hand-{i}\n"
@@ -212,7 +202,7 @@ def test_api_mutations_racing_hand_edits_lose_nothing(daemon):
     assert set(api_ids) <= on_disk, f"API changes lost: {set(api_ids) - on_disk}"
     assert set(hand_ids) <= on_disk, f"hand edits lost: {set(hand_ids) - on_disk}"
     assert len(hand_ids) == 40 and len(api_ids) >= 20
-    wait_until(lambda: {int(k) for k in api(d.socket, "ListBackends")} == on_disk, what="daemon = file")
+    wait_until(lambda: {int(k) for k in d.ok("ListBackends")} == on_disk, what="daemon = file")
 
 
 async def test_the_polling_fallback_sees_a_save(tmp_path, monkeypatch):
@@ -267,9 +257,7 @@ async def test_a_save_in_progress_is_not_read_until_the_writer_closes_it(tmp_pat
             await trio.sleep(0.3)
             assert calls == []
             handle.write("  1: {type: process}\n")
-        with trio.fail_after(10):
-            while not calls:
-                await trio.sleep(0.01)
+        await eventually(lambda: calls, timeout=10, what="the finished save read")
         assert calls == ["backends:\n  0: {type: process}\n  1: {type: process}\n"]
         os.utime(path)  # a touch is no save
         await trio.sleep(0.2)

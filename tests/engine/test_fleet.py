@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from swarmd.fleet import FleetError
-from tests.helpers import eventually, pids_with, running, status
+from tests.helpers import alive, eventually, pids_with_arg, running, status
 
 SLEEPER = f"{sys.executable} -c 'import time; time.sleep(600)'"
 
@@ -21,7 +21,7 @@ async def test_http_backend_becomes_running_and_serves(make_fleet):
         "command": f"{sys.executable} -m http.server --bind 127.0.0.1 {{port}}",
         "ready_check": "http://127.0.0.1:{port}/"}}})
     await running(fleet, 0)
-    port = fleet.get(0).runtime.port
+    port = fleet.get(0).lifecycle.port
     body = await trio.to_thread.run_sync(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/").status)
     assert body == 200
     assert any("Serving HTTP" in line.text for line in fleet.get(0).ring.tail(10))
@@ -31,8 +31,8 @@ async def test_sigkilled_backend_comes_back_with_a_new_pid(make_fleet):
     fleet = await make_fleet({0: {"settings": {"command": SLEEPER, "restart_delay": 0}}})
     first = await running(fleet, 0)
     os.kill(first, signal.SIGKILL)
-    await eventually(lambda: fleet.get(0).runtime.pid not in (None, first) and status(fleet, 0) == "running")
-    runtime = fleet.get(0).runtime
+    await eventually(lambda: fleet.get(0).pid not in (None, first) and status(fleet, 0) == "running")
+    runtime = fleet.get(0).lifecycle
     assert runtime.restarts == 1
     assert runtime.last_exit.describe() == "killed by SIGKILL"
 
@@ -47,9 +47,8 @@ async def test_edit_writes_exactly_the_changed_line_and_restarts(make_fleet, tmp
     assert [(a, b) for a, b in zip(before, after, strict=True) if a != b] == [
         ("      stop_timeout: 5", "      stop_timeout: 7")]
     assert backend.modcount == 1
-    new0 = await eventually(lambda: fleet.get(0).runtime.pid not in (None, pid0) and fleet.get(0).runtime.pid)
-    assert new0 != pid0
-    assert fleet.get(1).runtime.pid == pid1  # the other one is untouched
+    await eventually(lambda: fleet.get(0).pid not in (None, pid0), what="backend 0 restarted under a new pid")
+    assert fleet.get(1).pid == pid1  # the other one is untouched
 
 
 async def test_title_only_edit_does_not_restart(make_fleet):
@@ -57,7 +56,7 @@ async def test_title_only_edit_does_not_restart(make_fleet):
     pid = await running(fleet, 0)
     await fleet.edit(0, title="renamed", settings={})
     assert fleet.get(0).title == "renamed"
-    assert fleet.get(0).runtime.pid == pid
+    assert fleet.get(0).pid == pid
     assert fleet.get(0).modcount == 1
 
 
@@ -72,7 +71,7 @@ async def test_bad_setting_is_refused_before_anything_changes(make_fleet, tmp_pa
     with pytest.raises(FleetError, match="Missing settings."):
         await fleet.edit(0, title="x", settings=None)  # type: ignore[arg-type]
     assert (tmp_path / "backends.yaml").read_bytes() == text
-    assert fleet.get(0).runtime.pid == pid
+    assert fleet.get(0).pid == pid
     assert fleet.get(0).modcount == 0
 
 
@@ -85,7 +84,7 @@ async def test_invalid_file_on_disk_is_never_overwritten(make_fleet, tmp_path):
     with pytest.raises(FleetError, match=r"backends file is invalid, fix it first: .*backends.yaml:5:14: backends.0.enabled"):
         await fleet.toggle(0, False)
     assert path.read_text() == broken
-    assert fleet.get(0).runtime.pid == pid
+    assert fleet.get(0).pid == pid
     assert fleet.file_problem is not None
 
 
@@ -101,7 +100,7 @@ async def test_read_only_file_fails_the_mutation_with_state_intact(make_fleet, t
         await fleet.add("process")
     assert path.read_bytes() == text
     backend = fleet.get(0)
-    assert (backend.title, backend.modcount, backend.runtime.pid) == ("b0", 0, pid)
+    assert (backend.title, backend.modcount, backend.pid) == ("b0", 0, pid)
     assert backend.settings["stop_timeout"] == 10.0
     assert [b.id for b in fleet.backends()] == [0]
 
@@ -110,7 +109,7 @@ async def test_add_delete_and_ids_never_collide(make_fleet, tmp_path):
     fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
     added = await fleet.add("process")
     assert added.id == 1
-    assert added.status == "disabled"  # empty command
+    await eventually(lambda: added.status == "disabled", what="no command: disabled")
     assert "No command set" in added.status_message
     await fleet.edit(1, title="moved", settings={}, new_id=10)
     with pytest.raises(FleetError, match="Backend ID 0 is already in use."):
@@ -134,7 +133,7 @@ async def test_toggle_stops_and_starts(make_fleet, tmp_path):
     pid = await running(fleet, 0)
     assert await fleet.toggle(0, False) is True
     assert status(fleet, 0) == "disabled"
-    assert pids_with(str(pid)) == [] or not os.path.exists(f"/proc/{pid}")
+    assert not alive(pid)
     assert "enabled: false" in (tmp_path / "backends.yaml").read_text()
     assert await fleet.toggle(0, False) is False
     assert await fleet.toggle(0, True) is True
@@ -150,29 +149,38 @@ async def test_missing_program_is_errored_at_once_without_spinning(make_fleet):
     assert fleet.get(0).status_message == "cannot start: program '/nonexistent/program' not found"
     assert fleet.get(1).status_message == "cannot start: working directory '/nonexistent-dir' does not exist"
     await trio.sleep(0.3)
-    assert fleet.get(0).runtime.starts == 0 and fleet.get(0).runtime.restarts == 0
+    assert fleet.get(0).lifecycle.starts == 0 and fleet.get(0).lifecycle.restarts == 0
 
 
 async def test_stop_kills_grandchildren(make_fleet):
     marker = f"swarmd-test-gc-{os.getpid()}"
-    # sh starts a grandchild (sleep 611) in the backend's group, then execs the main process
-    fleet = await make_fleet({0: {"settings": {"command": f"sh -c \"sleep 611 & exec {sys.executable} -c "
-                                              f"'import time; time.sleep(600)' {marker}\"",
-                                              "stop_timeout": 5}}})
+    # sh starts a grandchild in the backend's group, then execs the main process
+    fleet = await make_fleet({0: {"settings": {"command": (
+        f"sh -c \"{sys.executable} -c 'import time; time.sleep(600)' {marker}-gc & "
+        f"exec {sys.executable} -c 'import time; time.sleep(600)' {marker}-main\""), "stop_timeout": 5}}})
     pid = await running(fleet, 0)
-    await eventually(lambda: pids_with("sleep 611"), what="grandchild started")
-    assert pids_with(marker) == [pid]
+    await eventually(lambda: pids_with_arg(f"{marker}-gc"), what="grandchild started")
+    await eventually(lambda: pids_with_arg(f"{marker}-main") == [pid], what="sh exec'd the main process")
     await fleet.delete(0)
-    assert pids_with(marker) == []
-    await eventually(lambda: not pids_with("sleep 611"), timeout=2, what="grandchild gone")
+    assert pids_with_arg(f"{marker}-main") == []
+    await eventually(lambda: not pids_with_arg(f"{marker}-gc"), timeout=2, what="grandchild gone")
 
 
-async def test_crash_kills_leftover_grandchildren(make_fleet):
-    fleet = await make_fleet({0: {"settings": {"command": "sh -c \"sleep 622 & sleep 0.2; exit 3\"",
-                                               "restart": "never"}}})
+async def test_crash_kills_leftover_grandchildren(make_fleet, tmp_path):
+    marker = f"swarmd-test-crash-gc-{os.getpid()}"
+    grandchild, up = tmp_path / "grandchild.py", tmp_path / "grandchild-up"
+    grandchild.write_text("import os, sys, time\nprint('grandchild', os.getpid(), flush=True)\n"
+                          "open(sys.argv[1], 'w').close()\ntime.sleep(600)\n")
+    # the main process exits (status 3) only once its grandchild is up, leaving it behind in its group
+    fleet = await make_fleet({0: {"settings": {"command": (
+        f"sh -c \"{sys.executable} {grandchild} {up} {marker} & "
+        f"while [ ! -e {up} ]; do sleep 0.02; done; exit 3\""), "restart": "never"}}})
     await eventually(lambda: status(fleet, 0) == "errored")
     assert "exited with status 3 (restart: never)" in fleet.get(0).status_message
-    await eventually(lambda: not pids_with("sleep 622"), timeout=2, what="grandchild gone")
+    said = await eventually(lambda: [line.text for line in fleet.get(0).ring.tail(10)
+                                     if line.text.startswith("grandchild ")], what="the grandchild's pid")
+    pid = int(said[0].split()[1])
+    await eventually(lambda: not alive(pid) and not pids_with_arg(marker), timeout=2, what="grandchild gone")
 
 
 async def test_restart_and_free_memory(make_fleet):
@@ -187,8 +195,8 @@ async def test_restart_and_free_memory(make_fleet):
     assert await fleet.free_memory("all", system_ram=False) == (True, 1)
     await eventually(lambda: any(line.text == "freed" for line in fleet.get(0).ring.tail(5)))
     assert await fleet.restart("1") == 1
-    await eventually(lambda: fleet.get(1).runtime.pid not in (None, pid1) and status(fleet, 1) == "running")
-    assert fleet.get(0).runtime.pid == pid0
+    await eventually(lambda: fleet.get(1).pid not in (None, pid1) and status(fleet, 1) == "running")
+    assert fleet.get(0).pid == pid0
     assert await fleet.restart("7") == 0
     assert await fleet.restart("all") == 2
 
@@ -208,11 +216,32 @@ async def test_mutations_are_refused_once_the_fleet_stops(make_fleet, tmp_path):
 async def test_the_encoded_backend_object_equals_the_dict(make_fleet):
     import json
 
+    from swarmd.api.shape import backend_json, backend_object
+
     fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}, 1: {"enabled": False}})
     await running(fleet, 0)
     for backend in fleet.backends():
         for full in (False, True):
-            assert json.loads(backend.to_api_json(full)) == json.loads(json.dumps(backend.to_api(full)))
+            assert json.loads(backend_json(backend, full)) == json.loads(json.dumps(backend_object(backend, full)))
     await fleet.edit(0, title="changed", settings={"stop_timeout": "3"})
-    assert json.loads(fleet.get(0).to_api_json())["title"] == "changed"  # the cache follows the definition
-    assert json.loads(fleet.get(0).to_api_json())["settings"]["stop_timeout"] == 3.0
+    assert json.loads(backend_json(fleet.get(0)))["title"] == "changed"  # the cache follows the definition
+    assert json.loads(backend_json(fleet.get(0)))["settings"]["stop_timeout"] == 3.0
+
+
+async def test_a_deleted_backend_is_freed_by_reference_counting_alone(make_fleet):
+    """The daemon freezes its start-up heap (gc.freeze): a Backend that needed the cycle collector to be
+    freed would leak once deleted. Nothing of a stopped backend may hold it in a cycle."""
+    import gc
+    import weakref
+
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER, "stop_timeout": 30}},
+                              1: {"settings": {"command": SLEEPER}}})
+    await running(fleet, 0)
+    await running(fleet, 1)
+    backend, shell = weakref.ref(fleet.get(0)), weakref.ref(fleet.get(0).shell)
+    gc.disable()
+    try:
+        assert await fleet.delete(0) is True
+        await eventually(lambda: backend() is None and shell() is None, timeout=5, what="backend 0 freed")
+    finally:
+        gc.enable()

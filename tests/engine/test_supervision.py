@@ -15,11 +15,25 @@ from pathlib import Path
 import pytest
 import trio
 
+from swarmd import gpu
+from swarmd.api.shape import backend_object
+from swarmd.gpu import GPU, StaticInventory
 from swarmd.supervise.output import RING_LINES
 from tests.helpers import eventually, running, status
 
 PY = sys.executable
 FAKE_COMFY = Path(__file__).resolve().parents[1] / "fake_comfyui" / "main.py"
+GPU_0 = "GPU-11111111-0000-4000-8000-000000000000"
+GPU_1 = "GPU-22222222-1111-4000-8000-111111111111"
+
+
+@pytest.fixture
+def two_gpus():
+    """A machine with two GPUs at swarmd.gpu's module boundary, whatever this machine has (0, 1 or more)."""
+    gpu.set_inventory(StaticInventory(gpu_list=[GPU(0, GPU_0, "H200", "00000000:17:00.0"),
+                                                GPU(1, GPU_1, "H200", "00000000:65:00.0")]))
+    yield
+    gpu.set_inventory(None)  # the real inventory (NVML) again on next use
 
 
 def child(code: str) -> str:
@@ -31,18 +45,18 @@ async def test_always_failing_child_starts_exactly_burst_times_then_errored(make
                                                "restart_delay": 0.02, "start_limit_burst": 4}}})
     cpu_before = time.process_time()
     await eventually(lambda: status(fleet, 0) == "errored", timeout=20)
-    runtime = fleet.get(0).runtime
+    runtime = fleet.get(0).lifecycle
     assert runtime.starts == 4
     assert runtime.restarts == 3
-    assert "gave up after 4 starts within 60 s" in runtime.status_message
-    assert "swarmctl restart" in runtime.status_message
+    assert "gave up after 4 starts within 60 s" in runtime.message
+    assert "swarmctl restart" in runtime.message
     # and then nothing: no more starts, and the daemon sits idle (no polling loop spins)
     await trio.sleep(0.5)
-    assert fleet.get(0).runtime.starts == 4
+    assert fleet.get(0).lifecycle.starts == 4
     assert time.process_time() - cpu_before < 1.0
     # a restart by a person starts afresh (the counters were reset)
     assert await fleet.restart("0") == 1
-    await eventually(lambda: fleet.get(0).runtime.starts == 8 and status(fleet, 0) == "errored", timeout=20)
+    await eventually(lambda: fleet.get(0).lifecycle.starts == 8 and status(fleet, 0) == "errored", timeout=20)
 
 
 EXIT_0 = child("import sys; sys.exit(0)")
@@ -62,13 +76,13 @@ async def test_each_policy_for_each_kind_of_exit(make_fleet, policy, command, ki
     if kill:
         pid = await running(fleet, 0)
         os.kill(pid, signal.SIGKILL)
-    await eventually(lambda: fleet.get(0).runtime.last_exit is not None)
+    await eventually(lambda: fleet.get(0).lifecycle.last_exit is not None)
     if restarts:
-        await eventually(lambda: fleet.get(0).runtime.starts >= 2)
+        await eventually(lambda: fleet.get(0).lifecycle.starts >= 2)
     else:
         await eventually(lambda: status(fleet, 0) in ("errored", "disabled"))
         await trio.sleep(0.2)
-        assert fleet.get(0).runtime.starts == 1
+        assert fleet.get(0).lifecycle.starts == 1
         clean = command == EXIT_0
         assert status(fleet, 0) == ("disabled" if clean else "errored")
         assert f"(restart: {policy})" in fleet.get(0).status_message
@@ -79,9 +93,9 @@ async def test_a_child_that_never_becomes_ready_is_restarted_then_errored(make_f
         "command": SLEEPER, "ready_check": "log:^never printed$", "ready_timeout": 0.3,
         "restart_delay": 0, "start_limit_burst": 2, "stop_timeout": 2}}})
     await eventually(lambda: status(fleet, 0) == "errored", timeout=15)
-    runtime = fleet.get(0).runtime
+    runtime = fleet.get(0).lifecycle
     assert runtime.starts == 2
-    assert "not ready within 0.3 s" in runtime.status_message
+    assert "not ready within 0.3 s" in runtime.message
     assert runtime.last_exit.describe() == "killed by SIGTERM"
 
 
@@ -111,7 +125,7 @@ async def test_an_unexpected_exit_logs_the_tail(make_fleet, caplog):
     assert "backend-0: loading model" in forwarded
 
 
-async def test_fake_comfyui_runs_and_receives_free(make_fleet, tmp_path):
+async def test_fake_comfyui_runs_and_receives_free(two_gpus, make_fleet):
     fleet = await make_fleet(f"""\
 backends:
   0:
@@ -126,14 +140,15 @@ backends:
 """)
     await running(fleet, 0)
     backend = fleet.get(0)
-    port = backend.runtime.port
-    assert backend.to_api()["max_usages"] == 3
-    # the process runs in the script's directory, unbuffered, pinned in nvidia-smi's order
+    port = backend.lifecycle.port
+    assert backend_object(backend)["max_usages"] == 3
+    assert backend_object(backend, full_data=True)["gpus"] == [{"id": 1, "uuid": GPU_1, "name": "H200"}]
+    # the process runs in the script's directory, unbuffered, pinned by UUID in nvidia-smi's order
     first = backend.ring.tail(5)[0].text
     assert f"cwd={FAKE_COMFY.parent}" in first and "unbuffered=1" in first
     url = f"http://127.0.0.1:{port}/system_stats"
     stats = json.loads(await trio.to_thread.run_sync(lambda: urllib.request.urlopen(url, timeout=5).read()))
-    assert stats["system"]["cuda_visible_devices"] == "1"
+    assert stats["system"]["cuda_visible_devices"] == GPU_1
     assert stats["system"]["device_order"] == "PCI_BUS_ID"
     assert stats["system"]["argv"][1:] == ["--preview-method", "auto", "--listen", "127.0.0.1", "--port",
                                            str(port)]
@@ -158,7 +173,7 @@ backends:
 
 
 async def test_comfyui_api_follows_the_remote(make_fleet):
-    from swarmd.supervise.supervisor import pick_free_port
+    from swarmd.supervise.shell import pick_free_port
 
     port = pick_free_port()
     remote = subprocess.Popen([PY, str(FAKE_COMFY), "--port", str(port)], stdout=subprocess.DEVNULL)

@@ -46,13 +46,15 @@ class NotifyListener:
     def wait_for(self, predicate: Callable[[dict[str, str]], object], timeout: float = 15.0,
                  start: int = 0, what: str = "") -> int:
         """The index of the first message from `start` on that satisfies `predicate` (waits for it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for index, (_, fields) in enumerate(self.snapshot()[start:], start):
-                if predicate(fields):
-                    return index
-            time.sleep(0.01)
-        raise AssertionError(f"no notification {what or predicate} within {timeout} s; got {self.snapshot()}")
+        from tests.helpers import wait_until
+
+        def first() -> list[int]:  # a list: index 0 is a find
+            return [index for index, (_, fields) in enumerate(self.snapshot()[start:], start) if predicate(fields)][:1]
+
+        try:
+            return wait_until(first, timeout, what=f"notification {what or predicate}")[0]
+        except AssertionError as err:
+            raise AssertionError(f"{err}; got {self.snapshot()}") from None
 
     def close(self) -> None:
         self._closed = True

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, api, backend_yaml, pids_with, wait_until
+from swarmd.supervise.process import GUARDIAN_SCRIPT
+from tests.helpers import Api, alive, backend_yaml, pids_with_arg, wait_until
 from tests.systemd.notify_listener import NotifyListener
 from tests.systemd.tools import systemd_tool
 
@@ -46,15 +47,6 @@ def children_of(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(p) for p in (task / "children").read_text().split()]
     return found
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (an orphan waits for init to reap it, which may be slow)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def sig_ignored(pid: int, signum: int) -> bool:
@@ -98,7 +90,8 @@ def test_under_socket_activation_with_notify_and_watchdog(tmp_path, procs):
     try:
         wait_until(api_socket.exists, what="systemd-socket-activate's socket")
         # The first connection starts swarmd; it waits in the backlog until swarmd serves the fd.
-        status = api(api_socket, "GetDaemonStatus")
+        client = Api(api_socket)
+        status = client.ok("GetDaemonStatus")
         assert status["socket_activated"] is True, status
         assert status["config_file"] == str(config)
 
@@ -110,7 +103,7 @@ def test_under_socket_activation_with_notify_and_watchdog(tmp_path, procs):
             "nothing but watchdog pings before READY=1"
         wait_until(lambda: all(r.exists() for r in records), what="both backends recorded")
         first_pids = [json.loads(r.read_text())["pid"] for r in records]
-        assert sorted(pids_with(marker)) == sorted(first_pids)
+        assert sorted(pids_with_arg(marker)) == sorted(first_pids)
         listener.wait_for(lambda f: f.get("STATUS") == "2 running", what="STATUS=2 running")
 
         # The backends see none of systemd's variables and none of its fds.
@@ -143,17 +136,17 @@ def test_under_socket_activation_with_notify_and_watchdog(tmp_path, procs):
         assert 5 <= pings <= 15, pings
 
         # The API still answers on the activated socket.
-        assert api(api_socket, "GetDaemonStatus")["counts"] == {"running": 2}
+        assert client.ok("GetDaemonStatus")["counts"] == {"running": 2}
 
         # SIGTERM: STOPPING=1, every backend stopped, exit 0, nothing left.
         guardian = [pid for pid in children_of(proc.pid)
-                    if b"guardian" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+                    if GUARDIAN_SCRIPT.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
         assert len(guardian) == 1
         mark = len(listener.snapshot())
         proc.send_signal(signal.SIGTERM)
         listener.wait_for(lambda f: f.get("STOPPING") == "1", start=mark, what="STOPPING=1")
         assert proc.wait(20) == 0
-        assert pids_with(marker) == []
+        assert pids_with_arg(marker) == []
         wait_until(lambda: not alive(guardian[0]), timeout=5, what="the guardian gone")
     except BaseException:
         print((tmp_path / "swarmd.log").read_text(errors="replace"))
@@ -163,16 +156,17 @@ def test_under_socket_activation_with_notify_and_watchdog(tmp_path, procs):
         log.close()
 
 
-def test_fifty_backends_that_ignore_sigterm_stop_in_parallel(tmp_path):
+def test_fifty_backends_that_ignore_sigterm_stop_in_parallel(start_daemon):
     marker = f"swarmd-stubborn-{os.getpid()}"
     count, stop_timeout = 50, 1.0
     # sh ignores TERM, and so does its child sleep (an ignored signal survives exec): only SIGKILL ends them.
-    command = f"sh -c \"trap '' TERM; sleep 600; : {marker}\""
+    # The marker is the shell's $0, a whole argument of its argv (the trailing `:` keeps sh from exec'ing sleep).
+    command = f"sh -c \"trap '' TERM; sleep 600; :\" {marker}"
     backends = {i: {"settings": {"command": command, "stop_timeout": stop_timeout}} for i in range(count)}
-    daemon = Daemon(tmp_path, backend_yaml(backends))
+    daemon = start_daemon(backends)
     try:
         daemon.wait_log(r"ready \(pid", count=count, timeout=60)
-        shells = wait_until(lambda: len(pids_with(marker)) == count and pids_with(marker), what="50 shells")
+        shells = wait_until(lambda: len(found := pids_with_arg(marker)) == count and found, what="50 shells")
         wait_until(lambda: all(sig_ignored(pid, signal.SIGTERM) and children_of(pid) for pid in shells),
                    what="every shell ignoring SIGTERM, with its sleep")
         sleeps = [child for pid in shells for child in children_of(pid)]
@@ -182,60 +176,54 @@ def test_fifty_backends_that_ignore_sigterm_stop_in_parallel(tmp_path):
         elapsed = time.monotonic() - started
         # One by one this would take 50 s; in parallel it is one stop_timeout plus the daemon's own exit.
         assert stop_timeout <= elapsed < stop_timeout + 3.0, elapsed
-        assert pids_with(marker) == []
+        assert pids_with_arg(marker) == []
         assert not [pid for pid in sleeps if alive(pid)]
     finally:
         daemon.kill()
 
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_second_signal_while_stopping_kills_every_backend_at_once(tmp_path, second):
+def test_a_second_signal_while_stopping_kills_every_backend_at_once(start_daemon, second):
     marker = f"swarmd-second-{os.getpid()}"
-    command = f"sh -c \"trap '' TERM; sleep 600; : {marker}\""
+    command = f"sh -c \"trap '' TERM; sleep 600; :\" {marker}"  # the marker: the shell's $0
     backends = {i: {"settings": {"command": command, "stop_timeout": 60}} for i in range(3)}
-    daemon = Daemon(tmp_path, backend_yaml(backends))
+    daemon = start_daemon(backends)
     try:
         daemon.wait_log(r"ready \(pid", count=3)
-        shells = wait_until(lambda: len(pids_with(marker)) == 3 and pids_with(marker), what="3 shells")
+        shells = wait_until(lambda: len(found := pids_with_arg(marker)) == 3 and found, what="3 shells")
         wait_until(lambda: all(sig_ignored(pid, signal.SIGTERM) for pid in shells), what="TERM ignored")
         daemon.proc.send_signal(signal.SIGTERM)
         daemon.wait_log("stopping every backend")
         time.sleep(0.3)
-        assert len(pids_with(marker)) == 3  # still there: they ignore SIGTERM and stop_timeout is 60 s
+        assert sorted(pids_with_arg(marker)) == sorted(shells)  # still there: they ignore SIGTERM (60 s)
         started = time.monotonic()
         assert daemon.stop(second, timeout=20) == 0
         assert time.monotonic() - started < 5
-        assert pids_with(marker) == []
+        assert pids_with_arg(marker) == []
         assert "again: killing every backend now" in daemon.log()
     finally:
         daemon.kill()
 
 
-def test_logs_use_journald_priorities_when_stderr_is_the_journal_stream(tmp_path):
+def test_logs_use_journald_priorities_when_stderr_is_the_journal_stream(tmp_path, start_daemon):
     log_path = tmp_path / "swarmd.log"
     log_path.write_bytes(b"")
     info = log_path.stat()  # Daemon opens the same file (same inode) for the daemon's stdout and stderr
-    backends = backend_yaml({0: {"settings": {"command": f"{sys.executable} -c 'print(1)'", "restart": "never"}}})
-    daemon = Daemon(tmp_path, backends, env={**os.environ, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"})
-    try:
-        daemon.wait_log("swarmd ready")
-        assert daemon.stop(signal.SIGTERM) == 0
-    finally:
-        daemon.kill()
+    backends = {0: {"settings": {"command": f"{sys.executable} -c 'print(1)'", "restart": "never"}}}
+    daemon = start_daemon(backends, env={**os.environ, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"})
+    daemon.wait_log("swarmd ready")
+    assert daemon.stop(signal.SIGTERM) == 0
     lines = [line for line in daemon.log().splitlines() if line]
     assert lines and all(re.match(r"<[2-7]>", line) for line in lines), lines
     assert any(line.startswith("<6>swarmd ready") for line in lines), lines
 
 
-def test_logs_have_timestamps_otherwise(tmp_path):
-    backends = backend_yaml({0: {"settings": {"command": f"{sys.executable} -c 'print(1)'", "restart": "never"}}})
+def test_logs_have_timestamps_otherwise(start_daemon):
+    backends = {0: {"settings": {"command": f"{sys.executable} -c 'print(1)'", "restart": "never"}}}
     env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
     env["JOURNAL_STREAM"] = "1:2"  # the journal's stream, but not our stderr (e.g. redirected to a file)
-    daemon = Daemon(tmp_path, backends, env=env)
-    try:
-        daemon.wait_log("swarmd ready")
-        assert daemon.stop(signal.SIGTERM) == 0
-    finally:
-        daemon.kill()
+    daemon = start_daemon(backends, env=env)
+    daemon.wait_log("swarmd ready")
+    assert daemon.stop(signal.SIGTERM) == 0
     ready = next(line for line in daemon.log().splitlines() if "swarmd ready" in line)
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} info +swarmd ready", ready), ready

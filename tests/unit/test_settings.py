@@ -96,3 +96,178 @@ def test_nul_bytes_are_refused_in_every_text_setting():
     for name in ("command", "cwd", "env", "gpu_id"):
         with pytest.raises(SettingError, match="NUL"):
             TYPES["process"].spec(name).from_api("x\x00y")
+
+
+# -- one validation everywhere: URLs, text, mappings --------------------------------------------------------
+
+URL_PROBLEMS = [
+    ("http://[::1", "Invalid IPv6 URL"),
+    ("http://[::1]x:80/", "after the IPv6 address"),
+    ("http://[v1.x]/", "is not an IPv6 address"),
+    ("http://::1/", "must be written in brackets"),
+    ("http://127.0.0.1:99999/", "(port 99999 out of range)"),
+    ("http://127.0.0.1:65536/", "(port 65536 out of range)"),
+    ("http://127.0.0.1:0/", "(port 0 out of range)"),
+    ("http://h:" + "9" * 5000 + "/", "out of range"),
+    ("http://h:x/", "port 'x' is not a number"),
+    ("http:///path", "no host"),
+    ("http://:8080/", "no host"),
+    ("https://127.0.0.1/", "https is not supported"),
+    ("http://user:pw@127.0.0.1/", "user:password@ is not supported"),
+    ("http://user@127.0.0.1/", "user:password@ is not supported"),
+    ("http://127.0.0.1/#top", "#fragment"),
+    ("http://127.0.0.1/a b", "a space at character"),
+    ("http://h\u00e9/", "non-ASCII"),
+    ("http://bad_label-.example/", "is not a valid host name"),
+]
+
+
+@pytest.mark.parametrize("type_id, name", [("process", "ready_check"), ("process", "free_memory"),
+                                           ("comfyui_api", "address")])
+@pytest.mark.parametrize("url, reason", URL_PROBLEMS)
+def test_every_url_setting_refuses_what_the_client_cannot_use(type_id, name, url, reason):
+    spec = TYPES[type_id].spec(name)
+    for parse in (spec.from_file, spec.from_api):
+        with pytest.raises(SettingError) as info:
+            parse(url)
+        message = str(info.value)
+        assert message.startswith("expected an http:// URL with a host and a port 1-65535, got "), message
+        assert reason in message and len(message) < 250
+
+
+def test_the_url_message_names_the_problem():
+    with pytest.raises(SettingError) as info:
+        TYPES["process"].spec("ready_check").from_file("http://127.0.0.1:99999/")
+    assert str(info.value) == ("expected an http:// URL with a host and a port 1-65535, got "
+                               "'http://127.0.0.1:99999/' (port 99999 out of range)")
+
+
+def test_good_urls_ipv6_and_placeholders():
+    from swarmd.httpclient import parse_url
+
+    process, remote = TYPES["process"], TYPES["comfyui_api"]
+    assert remote.spec("address").from_file("http://[::1]:8188/") == "http://[::1]:8188"
+    assert remote.spec("address").from_file(" http://comfy.lan ") == "http://comfy.lan"
+    assert remote.spec("address").from_api("HTTP://127.0.0.1:8188/") == "http://127.0.0.1:8188"
+    assert remote.health_url({"address": "http://[::1]:8188"}) == "http://[::1]:8188/system_stats"
+    target = parse_url("http://[::1]:8188/system_stats")
+    assert (target.host, target.port, target.path, target.host_header) == ("::1", 8188, "/system_stats",
+                                                                          "[::1]:8188")
+    assert parse_url("http://h/?a=1").path == "/?a=1" and parse_url("http://h").port == 80
+    ready = process.spec("ready_check")
+    assert ready.from_file("http://[::1]:{port}/health?x=1") == "http://[::1]:{port}/health?x=1"
+    assert ready.from_file("http://127.0.0.1:{port}/") == "http://127.0.0.1:{port}/"
+    free = "http://localhost:{port}/free"
+    assert process.spec("free_memory").from_api(free) == free
+    with pytest.raises(SettingError, match=r"port 655350 out of range"):
+        ready.from_file("http://127.0.0.1:{port}0/")  # valid with no port a start can fill in
+    with pytest.raises(SettingError, match=r"port '\{port\}' is not a number"):
+        remote.spec("address").from_file("http://127.0.0.1:{port}")  # no placeholder in an address
+    with pytest.raises(SettingError, match=r"without a \?query"):
+        remote.spec("address").from_file("http://127.0.0.1:8188/?a=b")
+    with pytest.raises(SettingError, match=r"expected none, tcp"):
+        ready.from_file("ftp://x")
+
+
+def test_log_regexes_refuse_without_raising_anything_else():
+    ready = TYPES["process"].spec("ready_check")
+    for pattern, what in [("(", "missing \\)"), ("(" * 3000 + ")" * 3000, "RecursionError"),
+                          ("a{99999999999}", ""), ("a{{port}{port}0000}", "")]:
+        expected = "invalid regular expression after 'log:'" + (f": {what}" if what else "")
+        with pytest.raises(SettingError, match=expected):
+            ready.from_file("log:" + pattern)
+    assert ready.from_file("log:^listening on {port}$") == "log:^listening on {port}$"
+
+
+TEXT_SPECS = [(t.id, s.name) for t in TYPES.values() for s in t.settings if s.kind == "text"]
+
+
+@pytest.mark.parametrize("type_id, name", TEXT_SPECS)
+def test_lone_surrogates_are_refused_in_every_text_setting(type_id, name):
+    spec = TYPES[type_id].spec(name)
+    for parse in (spec.from_file, spec.from_api):
+        for value in ("\ud800", "0\udfff", "http://127.0.0.1:8188/\udc80", "A=\ud83d"):
+            with pytest.raises(SettingError, match="lone surrogate"):
+                parse(value)
+    if spec.mapping_ok:
+        for parse in (spec.from_file, spec.from_api):
+            with pytest.raises(SettingError, match="lone surrogate"):
+                parse({"A": "x\ud800"})
+            with pytest.raises(SettingError, match="environment variable names"):
+                parse({"A\ud800": "x"})
+
+
+def test_lone_surrogates_are_refused_from_the_api_whatever_the_kind():
+    spec_of = TYPES["process"].spec
+    for name, value in [("restart", "always\ud800"), ("port", "80\ud800"), ("restart_delay", "1\ud800"),
+                        ("rocr_visible_devices", "true\ud800"), ("rocr_visible_devices", "\ud800")]:
+        with pytest.raises(SettingError, match="lone surrogate"):
+            spec_of(name).from_api(value)
+    with pytest.raises(SettingError) as info:
+        spec_of("restart").from_file("always\ud800")
+    str(info.value).encode("utf-8")  # the message itself can be logged and sent
+
+
+def test_env_mapping_values_must_be_scalars():
+    env = TYPES["process"].spec("env")
+    assert env.from_file({"A": 1, "B": "x", "C": True, "D": None, "E": 1.5}) == "A=1\nB=x\nC=true\nD=\nE=1.5"
+    for parse in (env.from_file, env.from_api):
+        with pytest.raises(SettingError, match=r"^env\.A: expected a scalar value, got a list$"):
+            parse({"A": [1, 2]})
+        with pytest.raises(SettingError, match=r"^env\.B: expected a scalar value, got a mapping$"):
+            parse({"B": {"x": 1}})
+        with pytest.raises(SettingError, match=r"env\.C: a value must be one line"):
+            parse({"C": "x\nD=injected"})
+        for key in ("1A", "A-B", "A=B", "", "A B"):
+            with pytest.raises(SettingError, match="environment variable names"):
+                parse({key: "x"})
+    with pytest.raises(SettingError, match="environment variable names"):
+        env.from_file({("a", "tuple"): "x"})
+    with pytest.raises(SettingError, match="line 1: expected KEY=VALUE"):
+        env.from_file("\u00c4=x")  # names are ASCII in the text form too
+
+
+ALIAS_BOMB = "\n".join(
+    ["a0: &a0 [" + ", ".join(["x"] * 10) + "]"]
+    + [f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]" for level in range(1, 9)]
+    + ["env: {BOMB: *a8, SAFE: 1}"]) + "\n"
+
+
+def test_an_alias_bomb_in_env_is_refused_fast_with_a_bounded_message():
+    import resource
+    import time
+
+    from ruamel.yaml import YAML
+
+    loader = YAML(typ="safe", pure=False)
+    assert loader.Parser.__name__ == "CParser"  # the C loader, as the daemon's fast path reads the file
+    document = loader.load(ALIAS_BOMB)  # 10**9 leaves if expanded: str() of it would never end
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with pytest.raises(SettingError) as info:
+        TYPES["process"].spec("env").from_file(document["env"])
+    assert time.monotonic() - started < 0.5
+    assert str(info.value) == "env.BOMB: expected a scalar value, got a list"
+    for name in ("command", "cwd", "gpu_id", "ready_check", "free_memory", "stop_signal"):
+        with pytest.raises(SettingError) as info:
+            TYPES["process"].spec(name).from_file(document["a8"])
+        assert len(str(info.value)) < 200
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 50 * 1024
+
+
+def test_nothing_but_setting_errors_for_out_of_range_numbers():
+    spec_of = TYPES["process"].spec
+    with pytest.raises(SettingError, match="expected an integer from -2147483648 to 2147483647, got "
+                                           "a number of about 5001 digits"):
+        spec_of("max_usages").from_file(10**5000)
+    with pytest.raises(SettingError, match="expected a finite number"):
+        spec_of("restart_delay").from_file(10**400)
+    with pytest.raises(SettingError, match="at most 38 digits"):
+        spec_of("cwd").from_file(10**5000)
+    with pytest.raises(SettingError, match="expected an integer"):
+        spec_of("port").from_api("9" * 5000)
+    with pytest.raises(SettingError, match="expected an integer"):
+        spec_of("port").from_api("\u0661")  # isdigit(), but C#'s int.TryParse takes ASCII digits only
+    with pytest.raises(SettingError, match="no signal number 999999999999..."):
+        spec_of("stop_signal").from_file("9" * 6000)

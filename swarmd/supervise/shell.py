@@ -1,0 +1,434 @@
+"""The shell around one backend's lifecycle: it carries out the machine's effects and feeds events back.
+
+Theory of operation
+-------------------
+`BackendShell.feed(event)` hands an event to the backend's `Lifecycle` (the pure state machine, the only
+writer of its status) and carries out the effects it returns, synchronously: spawning is a task, a timer
+is a deadline, a signal is a syscall. Events raised while effects run (a spawn that fails at once, a
+process without a readiness check that is ready at once) are queued and handled in order, never
+re-entrantly.
+
+Tasks run in the nursery the shell is given, and only while there is something to wait for: one task per
+live process (it pumps the output, waits for the exit through pidfd and reports it), one for the
+readiness check while loading, one for the timers while any is armed, one for a remote backend's health
+checks. A backend at rest has no task at all.
+
+Fault boundary: every task of the shell runs inside `_guarded`, and every effect inside `feed`'s. Whatever
+raises there -- a backend type's launch, a probe, a free-memory hook, a bug of ours -- is logged with its
+traceback and fed to the machine as `Faulted`: that one backend settles `errored` with the exception in
+its status message (its process group is killed), and the daemon and every other backend carry on.
+Cancellation and KeyboardInterrupt still stop everything (a cancelled shell kills its process group).
+
+Time comes from trio's clock and processes from an injected `Spawner`, so the shell's timing (backoff,
+start limit, stable reset, ready timeout, stop ladder) is tested on the autojump clock with a fake
+spawner, and end to end with real children.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import signal
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+from subprocess import SubprocessError
+from typing import Any, Protocol
+
+import trio
+
+from swarmd import gpu, logs
+from swarmd.gpu import Pin
+from swarmd.httpclient import HttpError, request
+from swarmd.supervise.lifecycle import (
+    TIMER_EVENTS,
+    ArmTimer,
+    CancelReady,
+    CancelTimer,
+    CheckNow,
+    Effect,
+    Event,
+    Exited,
+    Faulted,
+    Lifecycle,
+    LifecycleConfig,
+    Log,
+    Monitor,
+    Ready,
+    RemoteDown,
+    RemoteUp,
+    SignalGroup,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    StartRefused,
+    State,
+    Timer,
+    WatchReady,
+)
+from swarmd.supervise.output import OutputRing
+from swarmd.supervise.probes import wait_ready
+from swarmd.supervise.process import ExitInfo, describe_spawn_error
+from swarmd.types import BackendType, LaunchFailed, LaunchRefused, LaunchSpec
+
+log = logging.getLogger("swarmd.supervisor")
+
+TAIL_LINES = 20  # lines of output logged with an unexpected exit
+DRAIN_SECONDS = 0.5  # after the leader exits, how long its output pipes may still deliver
+CLEANUP_SECONDS = 2.0  # a cancelled shell waits this long for its SIGKILLed process
+
+
+class Process(Protocol):
+    """One running process of a backend, as the shell sees it (see `supervise.process.ChildProcess`)."""
+
+    pid: int
+
+    async def wait(self) -> ExitInfo:
+        """Wait for it to exit (and its process group to be killed); may be called again."""
+
+    def signal_group(self, signum: int) -> None:
+        """Send `signum` to its whole process group (nothing when it is gone)."""
+
+    async def pump(self, on_output: Callable[[str, list[str]], None]) -> None:
+        """Read its output until EOF, calling `on_output(stream, lines)` once per chunk read."""
+
+
+#: Starts a process from a LaunchSpec. Raises OSError, ValueError or SubprocessError when it cannot.
+Spawner = Callable[[LaunchSpec], Process]
+
+
+def pick_free_port() -> int:
+    """A port free on loopback right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class BackendShell:
+    """Carries out one backend's lifecycle. Owns its current process, readiness check, timers and remote
+    monitor; the `Lifecycle` owns its state. The Fleet sets `type`/`settings` and feeds events."""
+
+    def __init__(self, *, label: str, backend_type: BackendType, settings: dict[str, Any],
+                 ring: OutputRing, nursery: trio.Nursery, spawner: Spawner,
+                 place_gpus: Callable[[str, BackendShell], Pin] = lambda gpu_id, shell: gpu.place(gpu_id, {}),
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        """`label` names the backend in the log (`backend-<id>`; the Fleet updates it when the id changes).
+        `place_gpus(gpu_id, shell)` resolves a pin at each start. The callables must not hold the shell
+        (or its Backend): a cycle would outlive a deleted backend once the heap is frozen."""
+        self.label = label
+        self.type = backend_type
+        self.settings = settings
+        self.ring = ring
+        self.machine = Lifecycle(config=backend_type.lifecycle_config(settings))
+        self.spec: LaunchSpec | None = None  # of the current (or last) process
+        self.pin = Pin()  # the GPUs of the current (or last) process
+        self._nursery = nursery
+        self._spawner = spawner
+        self._place_gpus = place_gpus
+        self._on_change = on_change
+        self._process: Process | None = None
+        self._queue: deque[Event] = deque()
+        self._feeding = False
+        self._changed = trio.Event()
+        self._deadlines: dict[Timer, float] = {}
+        self._timer_wakeup = trio.Event()
+        self._timer_running = False
+        self._ready_scope: trio.CancelScope | None = None
+        self._matcher: re.Pattern[str] | None = None  # a log: readiness check, while loading
+        self._monitor_scope: trio.CancelScope | None = None
+        self._check_now = trio.Event()
+
+    # -- the machine's door ---------------------------------------------------------------------------------
+
+    def feed(self, event: Event) -> None:
+        """Hand `event` to the machine and carry out its effects (and those of the events they raise)."""
+        self._queue.append(event)
+        if self._feeding:
+            return  # an effect raised this event: the loop below takes it next
+        self._feeding = True
+        try:
+            while self._queue:
+                self._handle(self._queue.popleft())
+        finally:
+            self._feeding = False
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+        self._on_change()
+
+    def _handle(self, event: Event) -> None:
+        """One event through the machine, then its effects: the fault boundary of everything synchronous."""
+        try:
+            effects = self.machine.handle(event, trio.current_time())
+        except Exception as err:
+            log.exception("%s: the lifecycle could not take %s", self.label, type(event).__name__)
+            if not isinstance(event, Faulted):
+                self._fault(err)
+            return
+        for effect in effects:
+            try:
+                self._do(effect)
+            except Exception as err:
+                log.exception("%s: carrying out %s failed", self.label, type(effect).__name__)
+                if not isinstance(event, Faulted):  # while faulting: best effort, the rest still runs
+                    self._fault(err)
+                    return
+
+    def _fault(self, err: Exception) -> None:
+        self._queue.clear()
+        self._handle(Faulted(_describe(err)))
+
+    def configure(self, backend_type: BackendType, settings: dict[str, Any]) -> LifecycleConfig:
+        """Use `backend_type` and `settings` from the next start on; returns the new lifecycle config
+        (feed it as `Reconfigured`)."""
+        self.type, self.settings = backend_type, settings
+        return backend_type.lifecycle_config(settings)
+
+    async def wait_for(self, predicate: Callable[[Lifecycle], bool]) -> None:
+        """Return once `predicate(lifecycle)` holds (checked after every change)."""
+        while not predicate(self.machine):
+            await self._changed.wait()
+
+    async def wait_at_rest(self) -> None:
+        """Return once no process is left and nothing is starting (after a stop, say)."""
+        await self.wait_for(lambda machine: machine.at_rest)
+
+    @property
+    def pid(self) -> int | None:
+        return self.machine.pid
+
+    # -- effects ---------------------------------------------------------------------------------------------
+
+    def _do(self, effect: Effect) -> None:
+        match effect:
+            case Spawn():
+                self._nursery.start_soon(self._guarded, "start", self._spawn)
+            case WatchReady():
+                self._watch_ready()
+            case CancelReady():
+                self._cancel_ready()
+            case SignalGroup(signum=signum):
+                if self._process is not None:
+                    self._process.signal_group(signum)
+            case ArmTimer(timer=timer, seconds=seconds):
+                self._arm(timer, seconds)
+            case CancelTimer(timer=timer):
+                if self._deadlines.pop(timer, None) is not None:
+                    self._timer_wakeup.set()  # the timer task looks again (and ends when none is left)
+            case Monitor(on=on):
+                self._monitor(on)
+            case CheckNow():
+                self._check_now.set()
+            case Log(level=level, message=message, tail=tail):
+                self._log(level, message, tail)
+            case _:  # pragma: no cover - the Effect union is closed
+                raise AssertionError(effect)
+
+    async def _spawn(self) -> None:
+        """Start one process from the current settings and report how it went."""
+        if self.machine.state is not State.STARTING:
+            return  # stopped (or faulted) before this task ran
+        settings, backend_type = self.settings, self.type
+        port = backend_type.requested_port(settings) or pick_free_port()
+        try:
+            spec = backend_type.launch(settings, port)
+        except LaunchRefused as err:
+            self.feed(StartRefused(str(err)))
+            return
+        except LaunchFailed as err:
+            self.feed(SpawnFailed(str(err)))
+            return
+        if "gpu_id" in settings:
+            try:
+                pin = self._place_gpus(str(settings["gpu_id"]), self)
+            except gpu.PinError as err:
+                self.feed(SpawnFailed(f"cannot pin GPUs: {err}"))
+                return
+            self.pin = pin
+            spec = dataclasses.replace(spec, env={**spec.env, **pin.env(bool(settings.get("rocr_visible_devices")))})
+        try:
+            process = self._spawner(spec)
+        except (OSError, ValueError, SubprocessError) as err:
+            # Whatever a setting holds, a failed start is this backend's problem, never the daemon's.
+            self.feed(SpawnFailed(describe_spawn_error(err, spec)))
+            return
+        self._process, self.spec = process, spec
+        self._matcher = None
+        self._nursery.start_soon(self._guarded, "process", self._run_process, process)
+        self.feed(Spawned(process.pid, port))
+
+    async def _run_process(self, process: Process) -> None:
+        """Pump the output of `process`, wait for its exit, report it. A cancelled run kills the group."""
+        exit_info: ExitInfo | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(process.pump, self._on_output)
+                exit_info = await process.wait()
+                # Give the pipes a moment to deliver the last lines, then stop reading (a grandchild
+                # that escaped the group could hold them open forever).
+                nursery.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+        finally:
+            if exit_info is None:  # cancelled (the daemon stops at once): never leave an orphan
+                process.signal_group(signal.SIGKILL)
+                with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
+                    await process.wait()
+        if self._process is process:
+            self._process = None
+        self.feed(Exited(process.pid, exit_info))
+
+    def _on_output(self, stream: str, lines: list[str]) -> None:
+        ring = self.ring
+        for line in lines:
+            ring.append(stream, line)
+        logs.forward_output(self.label, stream, lines)
+        matcher = self._matcher
+        if matcher is not None and any(matcher.search(line) for line in lines):
+            self._matcher = None
+            self.feed(Ready(self.machine.pid))
+
+    def _watch_ready(self) -> None:
+        spec, pid = self.spec, self.machine.pid
+        if spec is None or pid is None:
+            return
+        check = spec.ready_check
+        if check in ("", "none"):
+            self.feed(Ready(pid))
+        elif check.startswith("log:"):
+            self._matcher = re.compile(check[4:])
+        else:
+            self._ready_scope = trio.CancelScope()
+            self._nursery.start_soon(self._guarded, "readiness check", self._probe_ready, check, spec.port, pid,
+                                     self._ready_scope)
+
+    async def _probe_ready(self, check: str, port: int, pid: int, scope: trio.CancelScope) -> None:
+        with scope:
+            await wait_ready(check, port)
+            self.feed(Ready(pid))
+
+    def _cancel_ready(self) -> None:
+        self._matcher = None
+        if self._ready_scope is not None:
+            self._ready_scope.cancel()
+            self._ready_scope = None
+
+    # -- timers --------------------------------------------------------------------------------------------
+
+    def _arm(self, timer: Timer, seconds: float) -> None:
+        self._deadlines[timer] = trio.current_time() + seconds
+        if self._timer_running:
+            self._timer_wakeup.set()
+        else:
+            self._timer_running = True
+            self._nursery.start_soon(self._guarded, "timer", self._run_timers)
+
+    async def _run_timers(self) -> None:
+        """Fire the armed timers in deadline order; return when none is left."""
+        try:
+            while self._deadlines:
+                timer, deadline = min(self._deadlines.items(), key=lambda item: item[1])
+                self._timer_wakeup = trio.Event()
+                with trio.move_on_at(deadline) as waiting:
+                    await self._timer_wakeup.wait()
+                if not waiting.cancelled_caught:
+                    continue  # armed or cancelled meanwhile: look again
+                if self._deadlines.get(timer) == deadline:
+                    del self._deadlines[timer]
+                    self.feed(TIMER_EVENTS[timer]())
+        finally:
+            self._timer_running = False
+
+    # -- remote backends --------------------------------------------------------------------------------------
+
+    def _monitor(self, on: bool) -> None:
+        if self._monitor_scope is not None:
+            self._monitor_scope.cancel()
+            self._monitor_scope = None
+        if not on:
+            return
+        url = self.type.health_url(self.settings)
+        if not url:
+            self._queue.append(StartRefused("No address set: edit the backend's 'address' setting."))
+            return
+        self._monitor_scope = trio.CancelScope()
+        interval = float(self.settings.get("check_interval", 5.0))
+        self._nursery.start_soon(self._guarded, "health check", self._poll_remote, url, interval,
+                                 self._monitor_scope)
+
+    async def _poll_remote(self, url: str, interval: float, scope: trio.CancelScope) -> None:
+        """Check `url` every `interval` seconds (or at once when asked) until cancelled."""
+        with scope:
+            while True:
+                try:
+                    response = await request("GET", url, timeout=max(interval, 2.0))
+                    problem = "" if 200 <= response.status < 300 else f"{url} answered HTTP {response.status}"
+                except HttpError as err:
+                    problem = str(err)
+                self.feed(RemoteDown(problem) if problem else RemoteUp())
+                self._check_now = trio.Event()
+                with trio.move_on_after(interval):
+                    await self._check_now.wait()
+
+    # -- hooks -----------------------------------------------------------------------------------------------
+
+    async def free_memory(self, system_ram: bool) -> bool:
+        """Ask the backend to free memory through its hook. True when it answered success; False when it
+        has no hook, is not running, or failed. An exception of ours faults the backend (not the caller)."""
+        try:
+            return await self._free_memory(system_ram)
+        except Exception as err:
+            log.exception("%s: free memory failed", self.label)
+            self.feed(Faulted(f"free memory: {_describe(err)}"))
+            return False
+
+    async def _free_memory(self, system_ram: bool) -> bool:
+        if self.machine.state is not State.RUNNING:
+            return False
+        if self.machine.config.remote:
+            url = self.type.free_url(self.settings)
+        else:
+            spec, process = self.spec, self._process
+            if spec is None or process is None or not spec.free_memory:
+                return False
+            url = spec.free_memory
+            if url.startswith("signal:"):
+                return _signal_leader(process.pid, url[7:])
+        if not url:
+            return False
+        try:
+            response = await request("POST", url, json_body=self.type.free_body(system_ram), timeout=30.0)
+        except HttpError as err:
+            log.warning("%s: free memory: %s", self.label, err)
+            return False
+        return 200 <= response.status < 300
+
+    # -- the fault boundary ------------------------------------------------------------------------------------
+
+    async def _guarded(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run one of this backend's tasks; an exception settles the backend `errored`, never the daemon."""
+        try:
+            await fn(*args)
+        except Exception as err:
+            log.exception("%s: %s failed", self.label, what)
+            self.feed(Faulted(f"{what}: {_describe(err)}"))
+
+    def _log(self, level: int, message: str, tail: bool) -> None:
+        if not tail:
+            log.log(level, "%s: %s", self.label, message)
+            return
+        lines = "\n".join(f"  {line.stream}: {line.text}" for line in self.ring.tail(TAIL_LINES))
+        log.log(level, "%s: %s%s", self.label, message, f"; last output:\n{lines}" if lines else " (no output)")
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _signal_leader(pid: int, name: str) -> bool:
+    """Send the free-memory signal to the backend's main process (not its whole group)."""
+    try:
+        os.kill(pid, signal.Signals[name])
+        return True
+    except (ProcessLookupError, PermissionError, KeyError):
+        return False

@@ -1,0 +1,275 @@
+"""The shell's timing on trio's autojump clock, with a fake spawner: backoff doubling and cap, the start
+limit, the stable reset, the ready timeout, the stop ladder, and the fault boundary -- in milliseconds."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+
+from swarmd.gpu import Pin
+from swarmd.supervise.lifecycle import (
+    Reconfigured,
+    RestartRequested,
+    StartRequested,
+    State,
+    StopRequested,
+)
+from swarmd.supervise.output import OutputRing
+from swarmd.supervise.process import ExitInfo
+from swarmd.supervise.shell import BackendShell
+from swarmd.types import TYPES, LaunchSpec
+from swarmd.types.process import ProcessType
+
+
+@dataclass
+class Behaviour:
+    """What a fake process does: exit after `runs_for` seconds with `code` (None: run until signalled),
+    print `output` lines (delay, text), ignore SIGTERM or not."""
+
+    runs_for: float | None = None
+    code: int = 1
+    ignore_term: bool = False
+    output: list[tuple[float, str]] = field(default_factory=list)
+
+
+class FakeProcess:
+    def __init__(self, pid: int, behaviour: Behaviour) -> None:
+        self.pid = pid
+        self.behaviour = behaviour
+        self.signals: list[tuple[float, int]] = []
+        self.exit: ExitInfo | None = None
+        self._exited = trio.Event()
+
+    def _end(self, info: ExitInfo) -> None:
+        if self.exit is None:
+            self.exit = info
+            self._exited.set()
+
+    async def wait(self) -> ExitInfo:
+        if self.behaviour.runs_for is not None:
+            with trio.move_on_after(self.behaviour.runs_for):
+                await self._exited.wait()
+            self._end(ExitInfo(self.behaviour.code))
+        await self._exited.wait()
+        assert self.exit is not None
+        return self.exit
+
+    def signal_group(self, signum: int) -> None:
+        if self.exit is not None:
+            return
+        self.signals.append((trio.current_time(), signum))
+        if signum == signal.SIGKILL or not self.behaviour.ignore_term:
+            self._end(ExitInfo(None, signum))
+
+    async def pump(self, on_output: Any) -> None:
+        for delay, line in self.behaviour.output:
+            await trio.sleep(delay)
+            on_output("stdout", [line])
+        await self._exited.wait()
+
+
+class FakeSpawner:
+    """Spawns FakeProcesses, by default all alike; records when."""
+
+    def __init__(self, behaviour: Behaviour | None = None) -> None:
+        self.behaviour = behaviour or Behaviour()
+        self.processes: list[FakeProcess] = []
+        self.times: list[float] = []
+        self.specs: list[LaunchSpec] = []
+
+    def __call__(self, spec: LaunchSpec) -> FakeProcess:
+        process = FakeProcess(1000 + len(self.processes), self.behaviour)
+        self.processes.append(process)
+        self.times.append(trio.current_time())
+        self.specs.append(spec)
+        return process
+
+
+def make_shell(nursery: trio.Nursery, spawner: FakeSpawner, backend_type: Any = None, **settings: Any
+               ) -> BackendShell:
+    backend_type = backend_type or TYPES["process"]
+    values = {**backend_type.defaults(), "command": "fake-server --port {port}", "port": 5000, **settings}
+    return BackendShell(label="backend-0", backend_type=backend_type, settings=values, ring=OutputRing(),
+                        nursery=nursery, spawner=spawner, place_gpus=lambda gpu_id, shell: Pin())
+
+
+async def settled(shell: BackendShell, *states: State) -> None:
+    await shell.wait_for(lambda machine: machine.state in states)
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [round(b - a, 3) for a, b in zip(times, times[1:], strict=False)]
+
+
+async def test_backoff_doubles_up_to_the_cap(autojump_clock, nursery):
+    spawner = FakeSpawner(Behaviour(runs_for=0, code=1))
+    shell = make_shell(nursery, spawner, restart_delay=1, restart_delay_max=4, start_limit_burst=6,
+                       start_limit_interval=1000)
+    shell.feed(StartRequested())
+    await settled(shell, State.ERRORED)
+    assert gaps(spawner.times) == [1, 2, 4, 4, 4]
+    assert shell.machine.starts == 6 and shell.machine.restarts == 5
+    assert "gave up after 6 starts within 1000 s" in shell.machine.message
+    await trio.sleep(3600)  # and then nothing: no more starts
+    assert len(spawner.processes) == 6
+
+
+async def test_the_start_limit_counts_starts_in_any_window(autojump_clock, nursery):
+    # Crashes 30 s after each start: at most 3 starts in any 100 s -> the 4th crash settles it.
+    spawner = FakeSpawner(Behaviour(runs_for=30, code=1))
+    shell = make_shell(nursery, spawner, restart_delay=0, start_limit_burst=3, start_limit_interval=100,
+                       stable_after=1000)
+    shell.feed(StartRequested())
+    await settled(shell, State.ERRORED)
+    assert gaps(spawner.times) == [30, 30]
+    assert "gave up after 3 starts within 100 s" in shell.machine.message
+
+
+async def test_stable_resets_the_delay(autojump_clock, nursery):
+    # Each run lasts 20 s, longer than stable_after: every crash is a first crash again (delay 1 s).
+    spawner = FakeSpawner(Behaviour(runs_for=20, code=1))
+    shell = make_shell(nursery, spawner, restart_delay=1, start_limit_burst=100, stable_after=10)
+    shell.feed(StartRequested())
+    await shell.wait_for(lambda machine: machine.starts == 6)
+    assert gaps(spawner.times) == [21, 21, 21, 21, 21]
+
+
+async def test_ready_timeout_stops_it_then_the_policy_applies(autojump_clock, nursery):
+    spawner = FakeSpawner(Behaviour(output=[(1, "loading..."), (1, "still loading")]))
+    shell = make_shell(nursery, spawner, ready_check="log:^READY$", ready_timeout=5, restart_delay=2,
+                       start_limit_burst=2)
+    start = trio.current_time()
+    shell.feed(StartRequested())
+    await settled(shell, State.ERRORED)
+    first = spawner.processes[0]
+    assert first.signals == [(start + 5, signal.SIGTERM)]
+    assert gaps(spawner.times) == [7]  # 5 s not ready, then 2 s backoff
+    assert shell.machine.message.startswith("not ready within 5 s (then killed by SIGTERM); gave up after 2")
+    assert [line.text for line in shell.ring.tail(2)] == ["loading...", "still loading"]
+
+
+async def test_log_readiness(autojump_clock, nursery):
+    spawner = FakeSpawner(Behaviour(output=[(3, "booting"), (2, "READY")]))
+    shell = make_shell(nursery, spawner, ready_check="log:^READY$", ready_timeout=60)
+    start = trio.current_time()
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    assert trio.current_time() - start == pytest.approx(5)
+
+
+async def test_the_stop_ladder(autojump_clock, nursery):
+    spawner = FakeSpawner(Behaviour(ignore_term=True))
+    shell = make_shell(nursery, spawner, stop_timeout=30)
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    began = trio.current_time()
+    shell.feed(StopRequested("Disabled"))
+    assert shell.machine.status == "disabled" and shell.machine.state is State.STOPPING
+    await shell.wait_at_rest()
+    process = spawner.processes[0]
+    assert process.signals == [(began, signal.SIGTERM), (began + 30, signal.SIGKILL)]
+    assert (shell.machine.state, shell.machine.message) == (State.DISABLED, "Disabled")
+    assert shell.machine.last_exit == ExitInfo(None, signal.SIGKILL)
+
+
+async def test_restart_while_stopping_and_a_stop_while_a_spawn_is_pending(autojump_clock, nursery):
+    spawner = FakeSpawner(Behaviour(ignore_term=True))
+    shell = make_shell(nursery, spawner, stop_timeout=10)
+    shell.feed(StartRequested())
+    shell.feed(StopRequested())  # before the spawn task ran: nothing is spawned
+    await trio.sleep(1)
+    assert spawner.processes == [] and shell.machine.state is State.DISABLED
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    shell.feed(RestartRequested())
+    shell.feed(RestartRequested())  # a second request while the ladder runs: still one restart
+    await settled(shell, State.RUNNING)
+    assert len(spawner.processes) == 2
+    assert spawner.processes[0].signals[-1][1] == signal.SIGKILL
+
+
+async def test_new_settings_apply_at_the_next_start(autojump_clock, nursery):
+    spawner = FakeSpawner()
+    shell = make_shell(nursery, spawner)
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    settings = {**shell.settings, "command": "fake-server --other {port}"}
+    shell.feed(Reconfigured(shell.configure(shell.type, settings)))
+    await settled(shell, State.RUNNING)
+    assert [spec.argv for spec in spawner.specs] == [("fake-server", "--port", "5000"),
+                                                     ("fake-server", "--other", "5000")]
+
+
+class ExplodingType(ProcessType):
+    """A type whose launch raises something no type should (a bug of ours, or a plugin's)."""
+
+    id = "exploding"
+
+    def launch(self, settings: dict[str, Any], port: int) -> LaunchSpec:
+        raise ValueError("Port out of range 0-65535")
+
+
+async def test_a_launch_that_raises_settles_only_that_backend_errored(autojump_clock, nursery):
+    spawner = FakeSpawner()
+    broken = make_shell(nursery, spawner, backend_type=ExplodingType())
+    healthy = make_shell(nursery, spawner)
+    broken.feed(StartRequested())
+    healthy.feed(StartRequested())
+    await settled(broken, State.ERRORED)
+    await settled(healthy, State.RUNNING)
+    assert broken.machine.message.startswith("internal error: start: ValueError: Port out of range 0-65535")
+    assert len(spawner.processes) == 1  # the healthy one
+    # and a restart tries again (and fails the same way), without ending anything
+    broken.feed(RestartRequested())
+    await trio.sleep(1)
+    assert broken.machine.state is State.ERRORED and healthy.machine.state is State.RUNNING
+
+
+async def test_a_probe_that_raises_faults_the_backend_and_kills_its_process(autojump_clock, nursery,
+                                                                           monkeypatch):
+    from swarmd.supervise import shell as shell_module
+
+    async def broken_probe(check: str, port: int) -> None:
+        await trio.sleep(1)
+        raise RuntimeError("probe bug")
+
+    monkeypatch.setattr(shell_module, "wait_ready", broken_probe)
+    spawner = FakeSpawner()
+    shell = make_shell(nursery, spawner, ready_check="tcp")
+    shell.feed(StartRequested())
+    await settled(shell, State.ERRORED)
+    assert "internal error: readiness check: RuntimeError: probe bug" in shell.machine.message
+    await shell.wait_at_rest()
+    assert spawner.processes[0].signals[-1][1] == signal.SIGKILL
+
+
+class BrokenSignals(FakeProcess):
+    """A process whose group cannot be signalled with SIGTERM (a bug of ours in the effect)."""
+
+    def signal_group(self, signum: int) -> None:
+        if signum == signal.SIGTERM:
+            raise RuntimeError("cannot signal")
+        super().signal_group(signum)
+
+
+async def test_an_effect_that_raises_faults_the_backend(autojump_clock, nursery):
+    spawner = FakeSpawner()
+    spawner_call = spawner.__call__
+
+    def spawn(spec: LaunchSpec) -> FakeProcess:
+        process = spawner_call(spec)
+        process.__class__ = BrokenSignals
+        return process
+
+    shell = make_shell(nursery, spawn)
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    shell.feed(StopRequested())
+    assert shell.machine.state is State.ERRORED
+    assert "internal error: RuntimeError: cannot signal" in shell.machine.message
+    await shell.wait_at_rest()  # its process was SIGKILLed as the fault settled it
+    assert spawner.processes[0].signals == [(trio.current_time(), signal.SIGKILL)]
