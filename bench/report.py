@@ -46,15 +46,29 @@ class Figure:
     def p95(self) -> float:
         return percentile(self.samples, 95)
 
+    @property
+    def max(self) -> float:
+        return max(self.samples) if self.samples else math.nan
+
+
+#: The statistics a goal may be on (Figure properties) and a table may show.
+STATS = ("median", "p95", "max")
+
 
 @dataclass
 class Goal:
-    """swarmd's goal for one metric/case: its median must be under `limit`."""
+    """swarmd's goal for one metric/case: its `stat` (median by default, or p95, max) must be under
+    `limit`."""
 
     metric: str
     case: str
     limit: float
     text: str
+    stat: str = "median"
+
+    def __post_init__(self) -> None:
+        if self.stat not in STATS:
+            raise ValueError(f"goal on {self.stat!r}: one of {STATS}")
 
 
 @dataclass
@@ -66,6 +80,10 @@ class Result:
     figures: dict[tuple[str, str, str], Figure] = field(default_factory=dict)
     goals: list[Goal] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The systems the table and chart show (a swarmd-only benchmark: ["swarmd"]) and the statistics the
+    #: table gives for each (always with the sample count).
+    systems: list[str] = field(default_factory=lambda: list(ORDER))
+    stats: tuple[str, ...] = ("median", "p95")
 
     def figure(self, metric: str, case: str, unit: str, system: str) -> Figure:
         key = (metric, case, system)
@@ -95,7 +113,7 @@ class Result:
         checks = []
         for goal in self.goals:
             fig = self.get(goal.metric, goal.case, "swarmd")
-            value = fig.median if fig else math.nan
+            value = getattr(fig, goal.stat) if fig else math.nan
             if fig is None:
                 verdict = "not measured"
             elif fig.samples and not fig.failures and value < goal.limit:
@@ -103,8 +121,10 @@ class Result:
             else:
                 verdict = "MISS"
             checks.append({"goal": goal.text, "metric": goal.metric, "case": goal.case, "limit": goal.limit,
-                           "swarmd_median": value, "swarmd_p95": fig.p95 if fig else math.nan,
-                           "verdict": verdict})
+                           "stat": goal.stat, "swarmd_value": value,
+                           "swarmd_median": fig.median if fig else math.nan,
+                           "swarmd_p95": fig.p95 if fig else math.nan,
+                           "swarmd_max": fig.max if fig else math.nan, "verdict": verdict})
         return checks
 
 
@@ -120,25 +140,40 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
+def _stat_header(system: str, stat: str) -> str:
+    return f"{system + ' med':>15}" if stat == "median" else f"{stat:>8}"
+
+
+def _stat_cell(value: str, stat: str) -> str:
+    return f"{value:>15}" if stat == "median" else f"{value:>8}"
+
+
 def format_table(result: Result) -> str:
-    """The table printed for a person: median/p95/n per system, then swarmd/peer ratios of medians."""
+    """The table printed for a person: median/p95 (+ max where the result asks)/n per system, then
+    swarmd/peer ratios of medians."""
+    peers = [peer for peer in PEERS if peer in result.systems]
     header = f"{'metric':<22} {'case':<10} {'unit':<5}"
-    for system in ORDER:
-        header += f" | {system + ' med':>15} {'p95':>8} {'n':>4}"
-    header += " | " + "  ".join(f"{'/' + peer:>12}" for peer in PEERS)
+    for system in result.systems:
+        header += " | " + " ".join(_stat_header(system, stat) for stat in result.stats) + f" {'n':>4}"
+    if peers:
+        header += " | " + "  ".join(f"{'/' + peer:>12}" for peer in peers)
     lines = [f"== {result.title} ==", header, "-" * len(header)]
     for metric, case, unit in result.rows():
         line = f"{metric:<22} {case:<10} {unit:<5}"
-        for system in ORDER:
+        for system in result.systems:
             fig = result.get(metric, case, system)
             if fig is None:
-                line += f" | {'-':>15} {'-':>8} {'-':>4}"
+                line += " | " + " ".join(_stat_cell("-", stat) for stat in result.stats) + f" {'-':>4}"
                 continue
             count = f"{len(fig.samples)}" + (f"!{fig.failures}" if fig.failures else "")
-            line += f" | {_fmt(fig.median):>15} {_fmt(fig.p95):>8} {count:>4}"
+            cells = " ".join(_stat_cell(_fmt(getattr(fig, stat)), stat) for stat in result.stats)
+            line += f" | {cells} {count:>4}"
+        if not peers:
+            lines.append(line)
+            continue
         ours = result.get(metric, case, "swarmd")
         ratios = []
-        for peer in PEERS:
+        for peer in peers:
             theirs = result.get(metric, case, peer)
             if ours and theirs and ours.samples and theirs.samples and theirs.median:
                 ratios.append(f"{ours.median / theirs.median:>12.4f}")
@@ -146,10 +181,15 @@ def format_table(result: Result) -> str:
                 ratios.append(f"{'-':>12}")
         line += " | " + "  ".join(ratios)
         lines.append(line)
-    lines.append("(n!k: k samples timed out; ratios are swarmd median / peer median)")
+    lines.append("(n!k: k samples timed out" + ("; ratios are swarmd median / peer median)" if peers else ")"))
     for check in result.goal_checks():
-        lines.append(f"goal {check['verdict']:<4} {check['goal']}: swarmd median {_fmt(float(check['swarmd_median']))}"
-                     f" (p95 {_fmt(float(check['swarmd_p95']))})")
+        stat = str(check["stat"])
+        # A median goal shows the p95 beside it; a goal on p95 or max shows the median and p95.
+        others = ["p95"] if stat == "median" else [name for name in ("median", "p95") if name != stat]
+        beside = ", ".join(f"{other} {_fmt(float(check[f'swarmd_{other}']))}"  # type: ignore[arg-type]
+                           for other in others)
+        lines.append(f"goal {check['verdict']:<4} {check['goal']}: swarmd {stat} "
+                     f"{_fmt(float(check['swarmd_value']))} ({beside})")  # type: ignore[arg-type]
     lines += [f"note: {note}" for note in result.notes]
     return "\n".join(lines)
 
@@ -158,8 +198,8 @@ def _json_safe(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def write_json(result: Result, mode: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_json(result: Result, mode: str, directory: Path = RESULTS) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
     data = {
         "name": result.name, "title": result.title, "mode": mode,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -167,19 +207,20 @@ def write_json(result: Result, mode: str) -> Path:
                     "loadavg_at_end": list(os.getloadavg())},
         "figures": [
             {"metric": f.metric, "case": f.case, "unit": f.unit, "system": f.system,
-             "median": _json_safe(f.median), "p95": _json_safe(f.p95), "n": len(f.samples),
+             "median": _json_safe(f.median), "p95": _json_safe(f.p95), "max": _json_safe(f.max),
+             "n": len(f.samples),
              "failures": f.failures, "samples": f.samples}
             for f in result.figures.values()
         ],
         "ratios": [
             {"metric": m, "case": c, "peer": peer, "swarmd_over_peer": _json_safe(_ratio(result, m, c, peer))}
-            for m, c, _u in result.rows() for peer in PEERS
+            for m, c, _u in result.rows() for peer in PEERS if peer in result.systems
         ],
         "goals": [{k: (_json_safe(v) if isinstance(v, float) else v) for k, v in check.items()}
                   for check in result.goal_checks()],
         "notes": result.notes,
     }
-    path = RESULTS / f"{result.name}.json"
+    path = directory / f"{result.name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 
@@ -195,8 +236,9 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def write_chart(result: Result) -> Path:
-    """One bar group per (metric, case), a bar per system at the median, a whisker to p95; log scale."""
+def write_chart(result: Result, directory: Path = RESULTS) -> Path:
+    """One bar group per (metric, case), a bar per system at the median, a whisker to p95; log scale. A
+    metric with a goal on its max shows the max too (a marker)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,18 +250,23 @@ def write_chart(result: Result) -> Path:
     colors = {"swarmd": "#2a9d8f", "supervisord": "#e76f51", "circus": "#8d99ae"}
     for ax, metric in zip(axes[0], metrics, strict=True):
         cases = [(c, u) for m, c, u in rows if m == metric]
-        width = 0.8 / len(ORDER)
-        for index, system in enumerate(ORDER):
-            xs, medians, errors = [], [], []
+        width = 0.8 / len(result.systems)
+        show_max = any(goal.metric == metric and goal.stat == "max" for goal in result.goals)
+        for index, system in enumerate(result.systems):
+            xs, medians, errors, maxima = [], [], [], []
             for position, (case, _unit) in enumerate(cases):
                 f = result.get(metric, case, system)
                 if f is None or not f.samples:
                     continue
-                xs.append(position + (index - 1) * width)
+                xs.append(position + (index - (len(result.systems) - 1) / 2) * width)
                 medians.append(f.median)
                 errors.append(max(0.0, f.p95 - f.median))
+                maxima.append(f.max)
             ax.bar(xs, medians, width, yerr=[[0] * len(errors), errors], label=system,
                    color=colors[system], capsize=3)
+            if show_max:
+                ax.plot(xs, maxima, linestyle="none", marker="v", color=colors[system],
+                        label=f"{system} max")
         ax.set_xticks(range(len(cases)), [c for c, _u in cases])
         ax.set_yscale("log")
         ax.set_title(metric)
@@ -229,9 +276,11 @@ def write_chart(result: Result) -> Path:
                 ax.axhline(goal.limit, color="#2a9d8f", linestyle=":", linewidth=1)
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0][0].legend()
-    fig.suptitle(f"{result.title} (median, whisker to p95, log scale; dotted: swarmd goal)")
+    marks = "; triangle: max" if any(goal.stat == "max" for goal in result.goals) else ""
+    fig.suptitle(f"{result.title} (median, whisker to p95{marks}, log scale; dotted: swarmd goal)")
     fig.tight_layout()
-    path = RESULTS / f"{result.name}.png"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{result.name}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -1,7 +1,8 @@
 """`python -m bench.run [--quick] [BENCHMARK ...]`: run the benchmarks, print tables, write bench/results/.
 
-Benchmarks: restart, status, scale, config (all by default). `--quick` is the ~2-minute mode: fewer
-repetitions, smaller fleets. Everything started is killed on exit, also on Ctrl-C, SIGTERM or an error.
+Benchmarks: restart, status, scale, config, edit (all by default). `--quick` is the ~2-minute mode: fewer
+repetitions, smaller fleets. `--swarmd-src DIR` runs the swarmd of another checkout (before/after figures;
+`--results` keeps them apart). Everything started is killed on exit, also on Ctrl-C, SIGTERM or an error.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import time
 from pathlib import Path
 from types import FrameType, ModuleType
 
-from bench import bench_config, bench_restart, bench_scale, bench_status, report
+from bench import bench_config, bench_edit, bench_restart, bench_scale, bench_status, report
 from bench.session import Settings, log
-from bench.systems import SYSTEMS
+from bench.systems import SYSTEMS, swarmd_source
 
 BENCHMARKS: dict[str, ModuleType] = {
-    module.NAME: module for module in (bench_restart, bench_status, bench_scale, bench_config)
+    module.NAME: module for module in (bench_restart, bench_status, bench_scale, bench_config, bench_edit)
 }
 
 
@@ -36,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--systems", default=",".join(cls.name for cls in SYSTEMS),
                         help="comma-separated subset of: swarmd,supervisord,circus")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (configs, daemon logs)")
+    parser.add_argument("--swarmd-src", type=Path, metavar="DIR",
+                        help="run the swarmd of this checkout (its root goes first on the daemon's PYTHONPATH), "
+                             "e.g. `git worktree add /tmp/swarmd-before HEAD` for a before/after figure")
+    parser.add_argument("--results", type=Path, default=report.RESULTS, metavar="DIR",
+                        help=f"where the JSON and PNG files go (default: {report.RESULTS})")
     return parser
 
 
@@ -49,16 +55,16 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _summary(results: list[report.Result], mode: str) -> str:
+def _summary(results: list[report.Result], mode: str, directory: Path) -> str:
     lines = ["== swarmd goals =="]
     checks = [check for result in results for check in result.goal_checks()]
     for check in checks:
-        median = float(check["swarmd_median"])  # type: ignore[arg-type]
-        shown = "-" if math.isnan(median) else f"{median:.3g}"
-        lines.append(f"{check['verdict']:<12}  {check['goal']:<45} swarmd median {shown}")
-    report.RESULTS.mkdir(parents=True, exist_ok=True)
+        value = float(check["swarmd_value"])  # type: ignore[arg-type]
+        shown = "-" if math.isnan(value) else f"{value:.3g}"
+        lines.append(f"{check['verdict']:<12}  {check['goal']:<45} swarmd {check['stat']} {shown}")
+    directory.mkdir(parents=True, exist_ok=True)
     safe = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in c.items()} for c in checks]
-    (report.RESULTS / "summary.json").write_text(json.dumps({"mode": mode, "goals": safe}, indent=2) + "\n")
+    (directory / "summary.json").write_text(json.dumps({"mode": mode, "goals": safe}, indent=2) + "\n")
     return "\n".join(lines)
 
 
@@ -72,12 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     systems = [cls for cls in SYSTEMS if cls.name in wanted]
     names = args.benchmarks or list(BENCHMARKS)
     mode = "quick" if args.quick else "full"
+    src = args.swarmd_src.resolve() if args.swarmd_src else None
+    if src is not None and not (src / "swarmd" / "__init__.py").is_file():
+        parser.error(f"--swarmd-src {src}: no swarmd/__init__.py there (give a checkout's root)")
+    source = swarmd_source(src) if "swarmd" in wanted else ""
+    if source:
+        log(source)
     _raise_fd_limit()
     signal.signal(signal.SIGTERM, _on_sigterm)
     # Started in the background by a shell, SIGINT is inherited ignored: make Ctrl-C/kill -INT work anyway.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     root = Path(tempfile.mkdtemp(prefix="swarmd-bench-", dir="/tmp"))
-    settings = Settings(quick=args.quick, root=root, systems=systems)
+    settings = Settings(quick=args.quick, root=root, systems=systems, swarmd_src=src)
     results: list[report.Result] = []
     began = time.monotonic()
     try:
@@ -89,10 +101,13 @@ def main(argv: list[str] | None = None) -> int:
             result = BENCHMARKS[name].run(settings)
             result.notes.append(f"1-minute load average before/after: {load_before:.2f} / "
                                 f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+            if source:
+                result.notes.append(source)
             results.append(result)
             print(report.format_table(result), flush=True)
-            print(f"-> {report.write_json(result, mode)}, {report.write_chart(result)}\n", flush=True)
-        print(_summary(results, mode))
+            print(f"-> {report.write_json(result, mode, args.results)}, "
+                  f"{report.write_chart(result, args.results)}\n", flush=True)
+        print(_summary(results, mode, args.results))
     except KeyboardInterrupt:
         log("interrupted: everything started has been killed")
         return 130

@@ -9,16 +9,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.systems import System
+from bench.systems import Swarmd, System
 
 
 @dataclass
 class Settings:
-    """What a benchmark may spend: `quick` is the ~2-minute mode."""
+    """What a benchmark may spend: `quick` is the ~2-minute mode. `swarmd_src`: the checkout whose swarmd
+    runs (None: the one installed in the bench's environment)."""
 
     quick: bool
     root: Path
     systems: list[type[System]]
+    swarmd_src: Path | None = None
 
     def sizes(self, full: list[int], quick: list[int]) -> list[int]:
         return quick if self.quick else full
@@ -43,7 +45,7 @@ def running(cls: type[System], count: int, settings: Settings) -> Iterator[tuple
 
     Whatever happens, everything the system started is killed on exit.
     """
-    system = cls(settings.root)
+    system = Swarmd(settings.root, settings.swarmd_src) if cls is Swarmd else cls(settings.root)
     try:
         mark = system.stamps.mark()
         programs = {i: f"c{i}" for i in range(count)}

@@ -68,6 +68,10 @@ class System:
     def apply(self) -> None:
         """Make the daemon apply the config file just written (swarmd: nothing, it watches the file)."""
 
+    def daemon_env(self) -> dict[str, str]:
+        """The daemon's environment."""
+        return _clean_env()
+
     def close_client(self) -> None:
         """Close the status client's connection."""
 
@@ -86,7 +90,7 @@ class System:
         self.started_at = time.time()
         self.proc = subprocess.Popen(
             self.daemon_argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=self.dir, start_new_session=True, env=_clean_env(),
+            cwd=self.dir, start_new_session=True, env=self.daemon_env(),
         )
         log.close()
         return self.started_at
@@ -159,14 +163,22 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class Swarmd(System):
-    """swarmd: backends YAML, hot reload on save, ListBackends over its unix socket."""
+    """swarmd: backends YAML, hot reload on save, ListBackends over its unix socket.
+
+    `src` (bench.run's --swarmd-src): run the swarmd of another checkout (its root goes first on the
+    daemon's PYTHONPATH), e.g. the code before a change, for a before/after figure.
+    """
 
     name = "swarmd"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, src: Path | None = None) -> None:
         super().__init__(root)
         self.socket = str(self.dir / "swarmd.sock")
+        self.src = src
         self._conn: _UnixHTTPConnection | None = None
+
+    def daemon_env(self) -> dict[str, str]:
+        return swarmd_env(self.src)
 
     @property
     def config_path(self) -> Path:
@@ -190,21 +202,63 @@ class Swarmd(System):
 
     def status(self, full_data: bool = True) -> Any:
         """ListBackends; `full_data` adds pid, restarts, settings (what getAllProcessInfo gives)."""
-        if self._conn is None:
-            self._conn = _UnixHTTPConnection(self.socket)
-        body = b'{"full_data": true}' if full_data else b"{}"
-        self._conn.request("POST", "/API/ListBackends", body=body,
-                           headers={"Content-Type": "application/json"})
-        response = self._conn.getresponse()
-        body = response.read()
+        return self.call("ListBackends", {"full_data": True} if full_data else {})
+
+    def connect(self) -> _UnixHTTPConnection:
+        """A new keep-alive connection of its own (for a second client, e.g. in another thread)."""
+        return _UnixHTTPConnection(self.socket)
+
+    def call(self, route: str, body: dict[str, Any], conn: _UnixHTTPConnection | None = None) -> Any:
+        """POST /API/`route` over `conn` (default: the kept-alive client); the parsed answer. An HTTP error
+        or a SwarmUI-style `{"error": ...}` answer raises RuntimeError."""
+        if conn is None:
+            if self._conn is None:
+                self._conn = self.connect()
+            conn = self._conn
+        conn.request("POST", f"/API/{route}", body=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
         if response.status != 200:
-            raise RuntimeError(f"ListBackends: HTTP {response.status}: {body[:200]!r}")
-        return json.loads(body)
+            raise RuntimeError(f"{route}: HTTP {response.status}: {data[:200]!r}")
+        answer = json.loads(data)
+        if isinstance(answer, dict) and "error" in answer:
+            raise RuntimeError(f"{route}: {answer['error']}")
+        return answer
 
     def close_client(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def swarmd_env(src: Path | None) -> dict[str, str]:
+    """The environment swarmd runs in: `src` (a checkout's root) first on PYTHONPATH when given."""
+    env = _clean_env()
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def swarmd_source(src: Path | None) -> str:
+    """Which swarmd code the daemon runs: its package directory and that checkout's commit (+ whether the
+    package has uncommitted changes), asked of the same interpreter and environment as the daemon."""
+    try:
+        where = subprocess.run(
+            [sys.executable, "-c", "import os, swarmd; print(os.path.dirname(swarmd.__file__))"],
+            env=swarmd_env(src), cwd="/", capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"swarmd code: unknown ({err})"
+    try:
+        git = ["git", "-C", where]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"swarmd code: {where} (not a git checkout)"
+    return f"swarmd code: {where} (commit {commit}{' + uncommitted changes' if dirty else ', clean'})"
 
 
 class Supervisord(System):
