@@ -277,29 +277,34 @@ def cmd_free(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
-    identifier = f"backend-{args.id}"
-    body: dict[str, Any] = {"types": [identifier]}
-    answer = client.call("ListRecentLogMessages", body)
-    lines = _log_lines(answer, identifier, args.id)
-    last = max([0, *(m.get("sequence_id", 0) for m in lines)])
+    """A backend's output (asked by its log identifier, `backend-<id>`), or any log by its name (`Info`,
+    `Warning`, `ComfyUI-0`); with --follow, long polls that each carry the last sequence id seen."""
+    key = f"backend-{int(args.log)}" if _is_backend_id(args.log) else args.log
+    answer = client.call("ListRecentLogMessages", {"types": [key], "last_sequence_ids": {}})
+    lines = _log_lines(answer, key, args.log)
+    last = lines[-1].get("sequence_id", -1) if lines else -1
     if args.lines is not None:
         lines = lines[-args.lines:] if args.lines > 0 else []
     _print_log(lines, args.json)
     while args.follow:
-        body = {"types": [identifier], "last_sequence_ids": {identifier: last}, "wait_seconds": FOLLOW_WAIT}
+        body = {"types": [key], "last_sequence_ids": {key: last}, "wait_seconds": FOLLOW_WAIT}
         answer = client.call("ListRecentLogMessages", body, timeout=FOLLOW_WAIT + client.timeout)
-        lines = _log_lines(answer, identifier, args.id)
+        lines = _log_lines(answer, key, args.log)
         if lines:
-            last = max(m.get("sequence_id", 0) for m in lines)
+            last = lines[-1].get("sequence_id", last)
         _print_log(lines, args.json)
     return EXIT_OK
 
 
-def _log_lines(answer: Any, identifier: str, backend_id: int) -> list[dict[str, Any]]:
+def _is_backend_id(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _log_lines(answer: Any, key: str, asked: str) -> list[dict[str, Any]]:
     data = answer.get("data") if isinstance(answer, dict) else None
-    if not isinstance(data, dict) or identifier not in data:
-        raise ServerError(f"Invalid backend ID {backend_id}")
-    return list(data[identifier])
+    if not isinstance(data, dict) or key not in data:
+        raise ServerError(f"Invalid backend ID {asked}" if _is_backend_id(asked) else f"Unknown log '{asked}'")
+    return list(data[key])
 
 
 def _print_log(lines: list[dict[str, Any]], as_json: bool) -> None:
@@ -376,8 +381,8 @@ def _parser() -> argparse.ArgumentParser:
     p = command("free", cmd_free, "ask backends to free (V)RAM")
     p.add_argument("target", nargs="?", default="all", type=_id_or_all, metavar="ID|all")
     p.add_argument("--system-ram", action="store_true", dest="system_ram", help="free system RAM too")
-    p = command("logs", cmd_logs, "print a backend's recent output")
-    p.add_argument("id", type=int, metavar="ID")
+    p = command("logs", cmd_logs, "print a backend's recent output, or one of the daemon's logs by name")
+    p.add_argument("log", metavar="ID|NAME", help="a backend id, or a log name (Info, Warning, ComfyUI-0, ...)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("-n", "--lines", type=int, help="only the last N lines")
     p = command("call", cmd_call, "call any API route with a JSON body; print the answer")

@@ -49,7 +49,6 @@ from swarmd.backends_file import (
 from swarmd.plan import Action, Add, Disable, Enable, Reconfigure, Remove, Rename, Retitle, plan
 from swarmd.settings import SECRET_MASK, SettingError, check_text, check_title
 from swarmd.supervise.lifecycle import (
-    Edited,
     KillRequested,
     Lifecycle,
     Reconfigured,
@@ -199,7 +198,7 @@ class Fleet:
     async def add(self, type_id: str, *, title: str | None = None,
                   settings: dict[str, Any] | None = None) -> Backend:
         """Add a backend of `type_id` with default settings (plus `settings`, raw API values) under a new
-        id that was never used. Raises FleetError."""
+        id that was never used; its title is empty unless given, as SwarmUI's. Raises FleetError."""
         backend_type = self.types.get(type_id) if isinstance(type_id, str) else None
         if backend_type is None:
             raise FleetError(f"Invalid backend type: {type_id}")
@@ -208,7 +207,7 @@ class Fleet:
             values = {**backend_type.defaults(), **self._parse_api_settings(backend_type, settings or {})}
             # The file gets the settings that differ from the defaults: a new entry stays a few lines.
             written = {k: v for k, v in values.items() if v != backend_type.spec(k).default}
-            text = _checked_title(backend_type.name if title is None else title)
+            text = _checked_title("" if title is None else title)
             return [SetBackend(self._next_id, type_id=type_id, title=text, enabled=True, settings=written)], {}
 
         ids, _ = await self._mutate(change)
@@ -218,20 +217,20 @@ class Fleet:
 
     async def edit(self, backend_id: int, *, title: str, settings: dict[str, Any],
                    new_id: int = -1) -> Backend:
-        """Change a backend's title and settings (partial merge of raw API values) and maybe its id.
+        """Change a backend's title and settings (partial merge of raw API values) and maybe its id (a
+        `new_id` below 0 means "keep it", as in SwarmUI).
 
-        Restarts it when its type or settings changed; modcount+1. Raises FleetError before anything
-        changes.
+        As SwarmUI's Save, an edit always restarts the backend -- a clean stop, then a start with the new
+        settings -- even when nothing changed (people press Save to force a reload); modcount+1. Raises
+        FleetError before anything changes.
         """
-        if new_id == backend_id:
+        if new_id == backend_id or new_id < 0:
             new_id = -1
         target_id = new_id if new_id >= 0 else backend_id
 
         def change() -> tuple[list[Change], dict[int, int]]:
             if new_id >= 0 and new_id in self._backends:
                 raise FleetError(f"Backend ID {new_id} is already in use.")
-            if new_id < -1:
-                raise FleetError(f"Invalid new backend ID {new_id}: it must be a non-negative integer.")
             backend = self._backends.get(backend_id)
             if backend is None:
                 raise FleetError(f"Invalid backend ID {backend_id}")
@@ -246,11 +245,10 @@ class Fleet:
 
         _, actions = await self._mutate(change)
         backend = self._backends[target_id]
-        restarted = Reconfigure(target_id) in actions
-        if not restarted:  # still an edit (SwarmUI: modcount+1); a person's edit forgets its failures
+        if Reconfigure(target_id) not in actions:  # the same settings: restart it all the same
             backend.modcount += 1
-            backend.shell.feed(Edited())
-        log.info("edited %s%s", backend.label(), ": restarting with the new settings" if restarted else "")
+            backend.shell.feed(RestartRequested())
+        log.info("edited %s: restarting it", backend.label())
         return backend
 
     async def delete(self, backend_id: int) -> bool:
@@ -338,15 +336,17 @@ class Fleet:
 
     # -- internals ---------------------------------------------------------------------------------------
 
-    def _targets(self, target: Any) -> list[Backend]:
-        text = str(target).strip()
-        if text.lower() in ("all", ""):
+    def _targets(self, target: str) -> list[Backend]:
+        """SwarmUI's targets: exactly "all", or an id's decimal text (not "ALL", "", " 0" or "00")."""
+        if target == "all":
             return self.backends()
-        return [b for b in self.backends() if str(b.id) == text]
+        return [b for b in self.backends() if str(b.id) == target]
 
     def _parse_api_settings(self, backend_type: BackendType, raw: dict[str, Any]) -> dict[str, Any]:
-        """Raw API values -> typed values, SwarmUI's way: case-sensitive names, unknown ones ignored, the
-        secret mask keeps the old value. Raises FleetError naming the first bad setting."""
+        """Raw API values -> typed values, SwarmUI's way (case-sensitive names; the secret mask keeps the old
+        value) -- except that a name the type does not have is an error naming the nearest known one, where
+        SwarmUI ignores it (a misspelled key would otherwise "succeed" and change nothing). Raises
+        FleetError naming the first bad setting."""
         if not isinstance(raw, dict):
             raise FleetError("Missing settings.")
         parsed: dict[str, Any] = {}
@@ -357,7 +357,7 @@ class Fleet:
                 raise FleetError(f"Invalid setting name: {err}") from None
             spec = backend_type.spec(name)
             if spec is None:
-                continue
+                raise FleetError(backend_type.unknown_setting_message(name))
             if spec.secret and value == SECRET_MASK:
                 continue
             try:

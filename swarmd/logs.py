@@ -17,6 +17,17 @@ Theory of operation
   and no timestamp (the journal keeps its own); otherwise each line starts with
   `YYYY-mm-dd HH:MM:SS.mmm level `. Every line of a multi-line message (a traceback, a chunk of backend
   output) gets the prefix.
+* The level logs (`LEVEL_LOGS`): the log routes show the daemon's own records as SwarmUI shows its own, in
+  six logs named after SwarmUI's levels -- `Verbose`, `Debug`, `Info`, `Init`, `Warning`, `Error` -- each a
+  bounded ring (`LEVEL_LOG_LINES`) that shares its sequence numbers with the backends' output rings
+  (`swarmd.supervise.output`). `RingHandler` files each record by its Python level: below DEBUG ->
+  Verbose, DEBUG -> Debug, INFO -> Info, WARNING -> Warning, ERROR and above -> Error; except that INFO
+  records logged during start-up, up to and including the daemon's "swarmd ready" line, go to Init
+  (start-up warnings and errors stay in Warning and Error, where one looks for them). A level log holds
+  what the daemon logs at its `log_level` (Debug is empty unless it is `debug`). Backends' output
+  (`forward_output`) is left out: it is in each backend's own log already, and a chatty backend would
+  push the daemon's messages out of the Info ring. The handler only appends to memory: it never blocks,
+  from the trio thread or a worker thread.
 """
 
 from __future__ import annotations
@@ -29,6 +40,9 @@ import select
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from swarmd.supervise.output import OutputRing
 
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 #: The most bytes of log text held in memory while stderr is not being read.
@@ -38,7 +52,30 @@ EXIT_FLUSH_SECONDS = 1.0
 #: The logger that carries backends' output.
 BACKEND_LOGGER = "swarmd.backend"
 
+#: The most records each level log keeps.
+LEVEL_LOG_LINES = 1000
+#: The daemon's last start-up line (its logger, the start of its text): INFO records up to it go to the
+#: Init log, later ones to Info.
+READY_LOGGER, READY_MESSAGE = "swarmd", "swarmd ready"
+
 _backend_log = logging.getLogger(BACKEND_LOGGER)
+
+
+@dataclass(frozen=True, eq=False)
+class LevelLog:
+    """One of the daemon's level logs: SwarmUI's name and colour, and its ring."""
+
+    name: str
+    color: str
+    ring: OutputRing
+
+
+#: SwarmUI's six level logs, in its order, with its colours.
+LEVEL_LOGS: tuple[LevelLog, ...] = tuple(
+    LevelLog(name, color, OutputRing(LEVEL_LOG_LINES))
+    for name, color in (("Verbose", "#606060"), ("Debug", "#808080"), ("Info", "#00FFFF"),
+                        ("Init", "#00FF00"), ("Warning", "#FFFF00"), ("Error", "#FF0000")))
+_VERBOSE, _DEBUG, _INFO, _INIT, _WARNING, _ERROR = LEVEL_LOGS
 
 
 def dropped_notice(count: int) -> str:
@@ -251,25 +288,79 @@ class WriterHandler(logging.Handler):
         """Nothing: the exit flush (`flush()`, registered at setup) waits, with a time limit."""
 
 
+class RingHandler(logging.Handler):
+    """Appends each record's message (and traceback) to its level log (see the module docstring). Only
+    memory is touched, under the rings' short lock: no I/O, no waiting, from any thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready = False  # the daemon said READY_MESSAGE: INFO goes to Info from now on
+        self._exceptions = logging.Formatter()
+
+    def level_log(self, record: logging.LogRecord) -> LevelLog:
+        level = record.levelno
+        if level >= logging.ERROR:
+            return _ERROR
+        if level >= logging.WARNING:
+            return _WARNING
+        if level >= logging.INFO:
+            return _INFO if self.ready else _INIT
+        return _DEBUG if level >= logging.DEBUG else _VERBOSE
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        rv = self.filter(record)  # no handler lock: the rings have their own
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            self.emit(record)
+        return bool(rv)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == BACKEND_LOGGER:
+            return
+        try:
+            try:
+                message = record.getMessage()
+            except Exception as err:
+                message = f"{record.msg!r} {record.args!r} (cannot format: {err!r})"
+            if record.exc_info:
+                message += "\n" + self._exceptions.formatException(record.exc_info)
+            if record.stack_info:
+                message += "\n" + self._exceptions.formatStack(record.stack_info)
+            self.level_log(record).ring.append("swarmd", message, record.created)
+            if not self.ready and record.name == READY_LOGGER and isinstance(record.msg, str) \
+                    and record.msg.startswith(READY_MESSAGE):
+                self.ready = True
+        except Exception:
+            pass  # never let the log break the caller (logging's handleError would write to stderr)
+
+    def flush(self) -> None:
+        """Nothing to flush: memory only."""
+
+
 _writer: StderrWriter | None = None
+_ring_handler: RingHandler | None = None
 
 
 def setup(level: str = "info") -> StderrWriter:
-    """Configure the root logger: every record goes to fd 2 through one `StderrWriter`, journald-aware.
+    """Configure the root logger: every record goes to fd 2 through one `StderrWriter`, journald-aware,
+    and to the level logs (`LEVEL_LOGS`) through one `RingHandler`.
 
-    May be called again (a later call changes the level and the format; the writer stays). Returns the
-    writer.
+    May be called again (a later call changes the level and the format; the writer and the ring handler,
+    with its start-up state, stay). Returns the writer.
     """
-    global _writer
+    global _writer, _ring_handler
     if _writer is None:
         _writer = StderrWriter(2)
         atexit.register(flush, EXIT_FLUSH_SECONDS)
+    if _ring_handler is None:
+        _ring_handler = RingHandler()
     formatter = Formatter(stderr_is_journal())
     _writer.notice = formatter.dropped_notice
     handler = WriterHandler(_writer)
     handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, _ring_handler]
     root.setLevel(level.upper())
     # watchfiles logs every batch of changes at info: the reload's own line says what happened.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)

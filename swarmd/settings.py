@@ -132,6 +132,10 @@ class SettingSpec:
         """
         if self.kind == "text" and isinstance(raw, Mapping) and self.mapping_ok:
             text = mapping_to_lines(raw, self.name)
+        elif self.kind == "dropdown" and isinstance(raw, bool):
+            # JSON true/false for a dropdown of "true"/"false" (SwarmUI's EnablePreviews was a checkbox
+            # before it became a dropdown: older clients send a boolean), as the file's YAML booleans.
+            text = "true" if raw else "false"
         else:
             text = _api_text(raw)
         # Every kind: a lone surrogate (JSON's "\ud800") or a NUL is refused, not parsed into something.
@@ -214,7 +218,9 @@ def _api_text(raw: Any) -> str:
         return "True" if raw else "False"
     if isinstance(raw, str):
         return raw
-    if isinstance(raw, int | float):
+    if isinstance(raw, float):
+        return _dotnet_double(raw)
+    if isinstance(raw, int):
         return _number_text(raw)
     import json
 
@@ -350,6 +356,29 @@ def _number_text(value: float) -> str:
     if _huge(value):
         raise SettingError(f"expected a number of at most 38 digits, got {describe(value)}")
     return repr(value) if isinstance(value, float) else str(value)
+
+
+def _dotnet_double(value: float) -> str:
+    """A JSON number with a fraction or exponent as .NET's double.ToString() shows it, which SwarmUI's
+    JToken.ToString() uses before it parses a parameter: 5.0 is "5" (so an Int32 parameter takes it, as
+    SwarmUI's does), 0.5 is "0.5", 1e20 is "1E+20", 1e-05 is "1E-05"."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    text = repr(value)
+    if "e" not in text:
+        if not value.is_integer():
+            return text
+        text = f"{value:.16e}"  # 1e15 and up: .NET switches to an exponent at 15 digits
+        mantissa, exponent = text.split("e")
+        mantissa = mantissa.rstrip("0").removesuffix(".")
+        return f"{mantissa}E{exponent[0]}{exponent[1:].lstrip('0').rjust(2, '0')}"
+    mantissa, exponent = text.split("e")
+    sign = "-" if exponent.startswith("-") else "+"
+    return f"{mantissa.removesuffix('.0')}E{sign}{exponent.lstrip('+-').rjust(2, '0')}"
 
 
 def _huge(value: Any) -> bool:

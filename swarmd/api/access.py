@@ -50,7 +50,7 @@ FLAGS: dict[str, frozenset[str]] = {
     "control_mem_clean": POWERUSERS,
     "view_logs": ADMINS,
     # SwarmUI's default for the resource panel; it shows CPU/RAM/GPU load, nothing secret.
-    "read_server_info_panels": POWERUSERS,
+    "read_server_info_panels": ADMINS,
 }
 
 DEFAULT_SOCKET_MODE = 0o660

@@ -53,6 +53,9 @@ INTERNAL_ERROR = ApiError("An internal error occurred", error_id="internal_error
 WRONG_CONTENT_TYPE = ApiError("Wrong content type", error_id="basic_api", status=400)
 BAD_ROUTE = ApiError("Unknown API route", error_id="bad_route", status=400)
 BAD_PERMISSIONS = ApiError("You lack permissions for this route.", error_id="bad_permissions", status=400)
+#: SwarmUI redirects any other method to its error page; the JSON body says the same to a script.
+NOT_POST = ApiError("API calls are POST requests with a JSON body", error_id="basic_api", status=302)
+NO_GET_PAGE = "/Error/NoGetAPI"
 
 
 def create_app(
@@ -127,10 +130,8 @@ async def _call(context: ApiContext, resolver: access.Access) -> dict[str, Any]:
     if not request.path.startswith(API_PREFIX):
         raise ApiError("Not found: swarmd serves POST /API/<route>", error_id="not_found", status=404)
     if request.method != "POST":
-        # SwarmUI redirects a GET to an error page; a JSON error is more useful to a script.
-        raise ApiError(f"API calls are POST requests with a JSON body (got {request.method})",
-                       error_id="basic_api", status=400)
-    if request.mimetype != "application/json":
+        raise NOT_POST
+    if not _is_json(request.mimetype):
         raise WRONG_CONTENT_TYPE
     raw = await request.get_data(cache=True)
     try:
@@ -165,6 +166,11 @@ async def current_caller(resolver: access.Access) -> Caller:
     return Caller(peer=peer, role=await resolver.role(peer))
 
 
+def _is_json(mimetype: str) -> bool:
+    """JSON as ASP.NET's HasJsonContentType() sees it (SwarmUI): application/json or application/*+json."""
+    return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
+
+
 def json_response(body: Mapping[str, Any] | Encoded, status: int) -> Response:
     if isinstance(body, Encoded):
         text = str(body)
@@ -177,6 +183,8 @@ def json_response(body: Mapping[str, Any] | Encoded, status: int) -> Response:
         # \ud800-style escapes are valid JSON, a raw surrogate is not valid UTF-8.
         data = json.dumps(json.loads(text), ensure_ascii=True).encode()
     response = Response(data, status=status, mimetype="application/json")
+    if status == 302:
+        response.headers["Location"] = NO_GET_PAGE
     response.headers["Cache-Control"] = "no-store"
     return response
 

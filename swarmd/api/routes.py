@@ -21,15 +21,16 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 import swarmd
-from swarmd import gpu
+from swarmd import gpu, logs
 from swarmd.api import access
 from swarmd.api.params import ApiError, Param, invalid
 from swarmd.api.resources import CpuSampler, cpu_cores, read_meminfo
 from swarmd.api.shape import backend_json, backend_object
-from swarmd.settings import api_text, parse_decimal, parse_int
+from swarmd.settings import api_text, parse_decimal
+from swarmd.supervise import output
 
 if TYPE_CHECKING:
-    from swarmd.fleet import Backend, Fleet
+    from swarmd.fleet import Fleet
 
 
 class Encoded(str):
@@ -43,9 +44,13 @@ DaemonStatusHook = Callable[[], Mapping[str, Any]]
 
 #: The longest a ListRecentLogMessages long poll (`wait_seconds`, a swarmd extension) may wait.
 MAX_LOG_WAIT = 30.0
+#: A backend log's identifier is LOG_PREFIX + its id, as SwarmUI's.
 LOG_PREFIX = "backend-"
 _LONG_RE = re.compile(r"^\s*[+-]?[0-9]+\s*$")
-_LOG_COLORS = ("#60a0ff", "#60d060", "#e0b040", "#d070d0", "#40c0c0", "#f08060")
+#: A backend log's colour (SwarmUI's default), and its name: `<prefix>-<id>` with the prefix of its type --
+#: SwarmUI's `ComfyUI` for a self-started ComfyUI; a type not listed here uses its type id.
+_LOG_COLORS = {"backend": "#707070"}
+_LOG_NAME_PREFIXES = {"comfyui_selfstart": "ComfyUI", "comfyui_api": "ComfyUI-API", "process": "Process"}
 
 
 @dataclass
@@ -209,16 +214,8 @@ async def get_new_session(ctx: ApiContext, caller: Caller, body: Mapping[str, An
 
 @route("ListLogTypes", flag="view_logs")
 async def list_log_types(ctx: ApiContext, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "types_available": [
-            {
-                "name": f"{backend.title} ({LOG_PREFIX}{backend.id})",
-                "color": _LOG_COLORS[backend.id % len(_LOG_COLORS)],
-                "identifier": f"{LOG_PREFIX}{backend.id}",
-            }
-            for backend in ctx.fleet.backends()
-        ]
-    }
+    """SwarmUI's answer: every log -- the daemon's six level logs, then one per backend in id order."""
+    return {"types_available": _types_available(_all_logs(ctx.fleet))}
 
 
 @route(
@@ -229,30 +226,40 @@ async def list_log_types(ctx: ApiContext, caller: Caller, body: Mapping[str, Any
 async def list_recent_log_messages(
     ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, types: list[Any]
 ) -> dict[str, Any]:
-    """{"types": ["backend-0"], "last_sequence_ids": {"backend-0": 12}, "wait_seconds": 10}
+    """{"types": ["Info", "ComfyUI-0"], "last_sequence_ids": {"Info": 12}, "wait_seconds": 10}
 
-    -> {"last_sequence_id": N, "data": {"backend-0": [{sequence_id, timestamp, message, stream}]}}.
-    Sequence ids are per log type. Unknown types are left out of `data`. `wait_seconds` (swarmd's extension,
-    at most 30) holds the answer until a requested log has a new line, for followers.
+    -> {"types_available": [...], "last_sequence_id": N,
+        "data": {"Info": [{sequence_id, time, message, stream}], "ComfyUI-0": [...]}}
+
+    As SwarmUI's: `types` names logs; `data` holds, per known requested log, its messages after the mark
+    `last_sequence_ids[name]` (none: from the start), oldest first; sequence ids come from one counter
+    shared by every log and `last_sequence_id` is its value. swarmd's additions: `last_sequence_ids` may be
+    left out (every log from the start; SwarmUI answers an internal error); a backend log may also be
+    named by its identifier (`backend-3`), answered under that key; a mark above the counter comes from an
+    earlier daemon and means from the start; each message says its `stream` (stdout, stderr or swarmd);
+    `wait_seconds` (at most 30) holds the answer until a requested log has a new message, for followers.
     """
     wanted = [api_text(item) for item in types]
-    after = _last_sequence_ids(body)
+    given = _last_sequence_ids(body)
     wait = _wait_seconds(body)
-    rings = {identifier: backend.ring for identifier, backend in _log_backends(ctx.fleet, wanted).items()}
-    # A mark beyond the ring's last line means the log is not the one the client read (the daemon restarted,
-    # or the id now names another backend): start it over rather than wait for a number never reached.
-    after = {name: (mark if name not in rings or mark <= rings[name].last_seq else 0) for name, mark in after.items()}
-    if wait > 0 and rings and not any(ring.last_seq > after.get(name, 0) for name, ring in rings.items()):
+    found = _log_backends(_all_logs(ctx.fleet), wanted)
+    rings = {key: log[3] for key, log in found.items()}
+    newest = output.last_sequence_id()
+    after: dict[str, int] = {}
+    for key, (name, _color, identifier, _ring) in found.items():
+        mark = next((given[k] for k in (key, name, identifier) if k in given), -1)
+        after[key] = -1 if mark > newest else mark
+    if wait > 0 and rings and not any(ring.last_seq > after[key] for key, ring in rings.items()):
         await _wait_for_any(rings, after, wait)
-    data: dict[str, list[dict[str, Any]]] = {}
-    last = 0
-    for identifier, ring in rings.items():
-        data[identifier] = [
-            {"sequence_id": line.seq, "timestamp": _timestamp(line.time), "message": line.text, "stream": line.stream}
-            for line in ring.since(after.get(identifier, 0))
-        ]
-        last = max(last, ring.last_seq)
-    return {"last_sequence_id": last, "data": data}
+    with output.consistent():  # a copy of each log, and the counter that covers them all
+        last = output.last_sequence_id()
+        lines = {key: ring.since(after[key]) for key, ring in rings.items()}
+    data = {
+        key: [{"sequence_id": line.seq, "time": _timestamp(line.time), "message": line.text,
+               "stream": line.stream} for line in found_lines]
+        for key, found_lines in lines.items()
+    }
+    return {"types_available": _types_available(_all_logs(ctx.fleet)), "last_sequence_id": last, "data": data}
 
 
 @route("GetServerResourceInfo", flag="read_server_info_panels")
@@ -322,18 +329,30 @@ def _wait_seconds(body: Mapping[str, Any]) -> float:
     return min(value, MAX_LOG_WAIT)
 
 
-def _log_backends(fleet: Fleet, identifiers: list[str]) -> dict[str, Backend]:
-    found: dict[str, Backend] = {}
-    for identifier in identifiers:
-        if not identifier.startswith(LOG_PREFIX):
-            continue
-        backend_id = parse_int(identifier[len(LOG_PREFIX):])
-        if backend_id is None or identifier != f"{LOG_PREFIX}{backend_id}":
-            continue
-        backend = fleet.get(backend_id)
-        if backend is not None:
-            found[identifier] = backend
+#: One log: (name, colour, identifier, ring).
+_Log = tuple[str, str, str, output.OutputRing]
+
+
+def _all_logs(fleet: Fleet) -> list[_Log]:
+    """Every log in SwarmUI's order: the daemon's level logs (identifier ""), then one per backend, by id."""
+    found: list[_Log] = [(level.name, level.color, "", level.ring) for level in logs.LEVEL_LOGS]
+    for backend in fleet.backends():
+        prefix = _LOG_NAME_PREFIXES.get(backend.type_id, backend.type_id)
+        found.append((f"{prefix}-{backend.id}", _LOG_COLORS["backend"], f"{LOG_PREFIX}{backend.id}",
+                      backend.ring))
     return found
+
+
+def _types_available(found: list[_Log]) -> list[dict[str, str]]:
+    return [{"name": name, "color": color, "identifier": identifier} for name, color, identifier, _ in found]
+
+
+def _log_backends(found: list[_Log], keys: list[str]) -> dict[str, _Log]:
+    """The logs `keys` ask for, by the key used: a log's name, or a backend log's identifier. Unknown keys
+    are left out."""
+    by_key: dict[str, _Log] = {log[2]: log for log in found if log[2]}
+    by_key.update((log[0], log) for log in found)  # a name wins over an identifier
+    return {key: by_key[key] for key in keys if key in by_key}
 
 
 async def _wait_for_any(rings: Mapping[str, Any], after: Mapping[str, int], timeout: float) -> None:
@@ -342,7 +361,7 @@ async def _wait_for_any(rings: Mapping[str, Any], after: Mapping[str, int], time
         async with trio.open_nursery() as nursery:
 
             async def wait_one(name: str, ring: Any) -> None:
-                await ring.wait_after(after.get(name, 0))
+                await ring.wait_after(after.get(name, -1))
                 nursery.cancel_scope.cancel()
 
             for name, ring in rings.items():

@@ -193,10 +193,8 @@ def _parse_backend(path: str, backend_id: int, entry: Any, at: Callable[[], tupl
                 continue
             spec = backend_type.spec(name)
             if spec is None:
-                known = ", ".join(s.name for s in backend_type.settings)
                 problems.append(Problem(path, *key_position(raw_settings, name),
-                                        f"settings.{_shown_name(name)}: unknown setting for type "
-                                        f"{backend_type.id!r} (known: {known})"))
+                                        f"{where}.settings: {backend_type.unknown_setting_message(name)}"))
                 continue
             if isinstance(value, Mapping) and not all(_is_plain(k) and _is_plain(v) for k, v in value.items()):
                 # (checked before anything turns the mapping into text: an aliased structure may be huge)

@@ -18,7 +18,7 @@ The machine absorbs the restart policy:
   that would be one too many settles `errored` with a message that says how to retry -- never a silent
   crash loop.
 * Ready for `stable_after` seconds (the STABLE timer) forgets the consecutive exits; a person's start,
-  restart or edit forgets everything (SwarmUI never resets its attempts; swarmd does).
+  restart or a change of its settings forgets everything (SwarmUI never resets its attempts; swarmd does).
 
 A start that fails before exec (missing program, a GPU pin that names no GPU) settles `errored` at once:
 retrying it would be a spin, not a recovery. Settings that cannot start anything (no command) settle
@@ -63,7 +63,6 @@ Transitions of a process backend (`*` is any state; "then" is what follows the s
     DISABLED, ERRORED  Reconfigured      wanted, no process          STARTING  Spawn
     DISABLED, ERRORED  StopRequested                                 DISABLED
     DISABLED, ERRORED  Exited            a faulted process ended     (same)    (the exit is recorded)
-    *                  Edited                                        (same)    (failures forgotten)
     *                  KillRequested     a process is alive          (same)    SignalGroup SIGKILL
     *                  Faulted                                       ERRORED   cancel everything, SignalGroup SIGKILL if alive, Log
 
@@ -170,11 +169,6 @@ class Reconfigured:
 
 
 @dataclass(frozen=True)
-class Edited:
-    """A person edited the backend without a change that needs a restart: forget its failures."""
-
-
-@dataclass(frozen=True)
 class Spawned:
     pid: int
     port: int | None = None
@@ -242,7 +236,7 @@ class Faulted:
     message: str
 
 
-Event = (StartRequested | StopRequested | RestartRequested | KillRequested | Reconfigured | Edited | Spawned
+Event = (StartRequested | StopRequested | RestartRequested | KillRequested | Reconfigured | Spawned
          | SpawnFailed | StartRefused | Ready | Exited | ReadyTimedOut | Stable | DelayElapsed | StopTimedOut
          | RemoteUp | RemoteDown | Faulted)
 
@@ -451,9 +445,6 @@ class Lifecycle:
             self._then = _StartAgain()
         elif state is not State.STARTING:
             self._start(now, out)
-
-    def _on_Edited(self, event: Edited, now: float, out: list[Effect]) -> None:
-        self._forget_failures()
 
     def _on_KillRequested(self, event: KillRequested, now: float, out: list[Effect]) -> None:
         if self.pid is not None:

@@ -239,14 +239,16 @@ class BackendShell:
         except LaunchFailed as err:
             self.feed(SpawnFailed(str(err)))
             return
-        if "gpu_id" in settings:
+        pin_setting = backend_type.gpu_setting
+        if pin_setting in settings:
             try:
-                pin = self._place_gpus(str(settings["gpu_id"]), self)
+                pin = self._place_gpus(str(settings[pin_setting]), self)
             except gpu.PinError as err:
                 self.feed(SpawnFailed(f"cannot pin GPUs: {err}"))
                 return
             self.pin = pin
-            spec = dataclasses.replace(spec, env={**spec.env, **pin.env(bool(settings.get("rocr_visible_devices")))})
+            rocr = bool(settings.get(backend_type.rocr_setting))
+            spec = dataclasses.replace(spec, env={**spec.env, **pin.env(rocr)})
         try:
             process = self._spawner(spec)
         except (OSError, ValueError, SubprocessError) as err:
@@ -348,7 +350,7 @@ class BackendShell:
             return
         url = self.type.health_url(self.settings)
         if not url:
-            self._queue.append(StartRefused("No address set: edit the backend's 'address' setting."))
+            self._queue.append(StartRefused("No Address set: edit the backend's 'Address' setting."))
             return
         self._monitor_scope = trio.CancelScope()
         interval = float(self.settings.get("check_interval", 5.0))

@@ -7,6 +7,7 @@ and for defaults. Types never touch processes themselves.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 import shlex
@@ -56,12 +57,58 @@ class BackendType:
     can_load_models: bool = True
     features: tuple[str, ...] = ()
     settings: tuple[SettingSpec, ...] = ()
+    #: The name of the setting that pins the backend to GPUs: the supervisor passes its value to
+    #: `gpu.place` at each start. `process` calls it `gpu_id` (the default), `comfyui_selfstart` SwarmUI's
+    #: `GPU_ID`. "" on an instance whose type has no such setting (`comfyui_api`).
+    gpu_setting: str = "gpu_id"
+    #: The name of the boolean setting that also exports the pin as ROCR_VISIBLE_DEVICES; "" when none.
+    rocr_setting: str = "rocr_visible_devices"
 
     def __init__(self) -> None:
         self._by_name = {spec.name: spec for spec in self.settings}
+        if self.gpu_setting not in self._by_name:
+            self.gpu_setting = ""
+        if self.rocr_setting not in self._by_name:
+            self.rocr_setting = ""
 
     def spec(self, name: str) -> SettingSpec | None:
         return self._by_name.get(name)
+
+    def nearest_setting(self, name: str) -> str | None:
+        """The known setting name closest to `name`, or None when none is close.
+
+        Case, `_` and `-` are ignored first (`start_script`, `startscript` -> `StartScript`; `GPU_ID` ->
+        `gpu_id` on a process), then the closest by difflib's ratio (at least 0.6): `StartScrpt` ->
+        `StartScript`. A name longer than 100 characters gets no suggestion (difflib is quadratic).
+        """
+        if not isinstance(name, str) or len(name) > 100:
+            return None
+        folded = {_fold(spec.name): spec.name for spec in self.settings}
+        key = _fold(name)
+        if key in folded:
+            return folded[key]
+        close = difflib.get_close_matches(key, list(folded), n=1, cutoff=0.6)
+        return folded[close[0]] if close else None
+
+    def unknown_setting_message(self, name: Any) -> str:
+        """The message for a settings key that no setting of this type has, without a location:
+
+            unknown setting 'StartScrpt' for type 'comfyui_selfstart' (did you mean 'StartScript'?)
+            unknown setting 'colour' for type 'process' (known: command, cwd, env, ...)
+
+        It names the key as given (bounded by `describe`: a 1 MB key gives a short message) and the
+        nearest known name (`nearest_setting`), else every known name in declaration order. Setting names
+        are case-sensitive, as in SwarmUI, so `startscript` and the old snake_case `start_script` are
+        unknown too (and get "did you mean 'StartScript'?").
+
+        Used for the backends file (`backends_file.parser`, which adds FILE:LINE:COL) and meant for the API
+        (AddNewBackend/EditBackend's `settings`: refuse the whole request with this message rather than
+        ignore the key, as SwarmUI would -- a misspelled key must never read as "saved"). Never raises.
+        """
+        near = self.nearest_setting(name)
+        known = ", ".join(spec.name for spec in self.settings)
+        hint = f"did you mean {near!r}?" if near else f"known: {known}"
+        return f"unknown setting {describe(name)} for type {self.id!r} ({hint})"
 
     def defaults(self) -> dict[str, Any]:
         """Every setting at its default value, in declaration order."""
@@ -78,8 +125,9 @@ class BackendType:
         }
 
     def max_usages(self, settings: dict[str, Any]) -> int:
-        if "over_queue" in settings:
-            return 1 + int(settings["over_queue"])
+        """SwarmUI's max_usages: 1 + OverQueue for the ComfyUI types, the `max_usages` setting otherwise."""
+        if "OverQueue" in settings:
+            return 1 + int(settings["OverQueue"])
         return int(settings.get("max_usages", 1))
 
     # -- remote (not self-starting) types ----------------------------------------------------------
@@ -118,6 +166,11 @@ class BackendType:
     def launch(self, settings: dict[str, Any], port: int) -> LaunchSpec:
         """Build the LaunchSpec for one start. Raises LaunchRefused when nothing can be started."""
         raise NotImplementedError
+
+
+def _fold(name: str) -> str:
+    """A setting name as `nearest_setting` compares it: lower case, without `_` and `-`."""
+    return name.lower().replace("_", "").replace("-", "")
 
 
 # -- validators shared by the types ----------------------------------------------------------------------
@@ -248,23 +301,34 @@ def check_free_memory(value: str) -> str:
 
 
 def check_gpu_id(value: str) -> str:
-    """The gpu_id setting: syntax always; that the GPUs exist when NVML can see the machine (against the
-    inventory taken at start: no NVML call)."""
+    """A GPU pin setting (`gpu_id`, `GPU_ID`): syntax always; that the GPUs exist when NVML can see the
+    machine (against the inventory taken at start: no NVML call)."""
     try:
         return gpu.validate(value)
     except gpu.PinError as err:
         raise SettingError(str(err)) from None
 
 
+#: What a GPU pin setting takes, for its description.
+GPU_PIN_HELP = ("GPUs to pin it to, as nvidia-smi numbers them: an index (0), a list (0,1), a GPU UUID or "
+                "unique prefix, a MIG UUID, or auto (the least used GPU at each start). Empty: not pinned. "
+                "The child gets CUDA_DEVICE_ORDER=PCI_BUS_ID and CUDA_VISIBLE_DEVICES with the GPUs' UUIDs.")
+
+
+def gpu_setting_spec(name: str, default: str, description: str = GPU_PIN_HELP) -> SettingSpec:
+    """A GPU pin setting (the type names it in `BackendType.gpu_setting`)."""
+    return SettingSpec(name, "text", default, description, placeholder="0", check=check_gpu_id)
+
+
+def rocr_setting_spec() -> SettingSpec:
+    """The boolean that also exports the pin as ROCR_VISIBLE_DEVICES (`BackendType.rocr_setting`)."""
+    return SettingSpec("rocr_visible_devices", "boolean", False, "Also set ROCR_VISIBLE_DEVICES to the pin "
+                       "(AMD ROCm).")
+
+
 def gpu_settings(default: str) -> tuple[SettingSpec, ...]:
-    """The GPU pin settings of self-starting types."""
-    return (
-        SettingSpec("gpu_id", "text", default, "GPUs to pin it to, as nvidia-smi numbers them: an index (0), "
-                    "a list (0,1), a GPU UUID or unique prefix, a MIG UUID, or auto (the least used GPU at "
-                    "each start). Empty: not pinned.", placeholder="0", check=check_gpu_id),
-        SettingSpec("rocr_visible_devices", "boolean", False, "Also set ROCR_VISIBLE_DEVICES to the pin "
-                    "(AMD ROCm)."),
-    )
+    """The GPU pin settings of the `process` type: `gpu_id` and `rocr_visible_devices`."""
+    return gpu_setting_spec("gpu_id", default), rocr_setting_spec()
 
 
 def restart_settings(*, ready_timeout: float, restart_default: str = "on-failure") -> tuple[SettingSpec, ...]:

@@ -79,6 +79,15 @@ def test_logs_and_follow(daemon: Daemon) -> None:
         follower.wait(timeout=10)
     done = swarmctl(daemon, "logs", "4242")
     assert done.returncode == 1 and "Invalid backend ID 4242" in done.stderr
+    # Any log by its name: the backend's (the same lines), or one of the daemon's level logs.
+    done = swarmctl(daemon, "logs", "Process-1", "-n", "1")
+    assert done.returncode == 0 and done.stdout.startswith("tick "), done.stderr
+    done = swarmctl(daemon, "logs", "Init")
+    assert done.returncode == 0 and "swarmd ready" in done.stdout, done.stderr
+    done = swarmctl(daemon, "--json", "logs", "Init", "-n", "1")
+    assert json.loads(done.stdout)["stream"] == "swarmd"
+    done = swarmctl(daemon, "logs", "Nope")
+    assert done.returncode == 1 and "Unknown log 'Nope'" in done.stderr
 
 
 def test_other_commands(daemon: Daemon) -> None:

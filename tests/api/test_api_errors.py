@@ -38,7 +38,7 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("EditBackend", {}, missing("backend_id")),
     ("EditBackend", {"title": "t", "settings": {}}, missing("backend_id")),
     ("EditBackend", {"backend_id": "zero"}, invalid("zero", "backend_id", "Int32")),
-    ("EditBackend", {"backend_id": 0.0, "title": "t", "settings": {}}, invalid("0.0", "backend_id", "Int32")),
+    ("EditBackend", {"backend_id": 0.5, "title": "t", "settings": {}}, invalid("0.5", "backend_id", "Int32")),
     ("EditBackend", {"backend_id": 2**31, "title": "t", "settings": {}}, invalid(str(2**31), "backend_id", "Int32")),
     ("EditBackend", {"backend_id": 0}, missing("title")),
     ("EditBackend", {"backend_id": 0, "title": "t", "new_id": "z"}, invalid("z", "new_id", "Int32")),

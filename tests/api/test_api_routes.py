@@ -89,8 +89,11 @@ def test_add_new_backend(daemon: Daemon) -> None:
 def test_edit_backend(daemon: Daemon) -> None:
     added = add_sleeper(daemon, "to edit")
     backend_id = added["id"]
+    refused = daemon.api("EditBackend", {"backend_id": backend_id, "title": "edited",
+                                         "settings": {"restart": "always", "prot": "0"}})
+    assert refused == {"error": "unknown setting 'prot' for type 'process' (did you mean 'port'?)"}
     answer = daemon.ok("EditBackend", {"backend_id": backend_id, "title": "edited",
-                                        "settings": {"restart": "always", "port": "0", "unknown": 1}})
+                                        "settings": {"restart": "always", "port": "0"}})
     check_backend(answer)
     assert answer["title"] == "edited" and answer["modcount"] == 1
     assert answer["settings"]["restart"] == "always"
@@ -159,31 +162,38 @@ def test_get_new_session(daemon: Daemon) -> None:
 
 
 def test_list_log_types(daemon: Daemon) -> None:
+    # SwarmUI's six level logs, then one per backend (tests/api/test_api_logs.py has the details).
     answer = daemon.ok("ListLogTypes")
+    assert set(answer) == {"types_available"}
+    names = [t["name"] for t in answer["types_available"]]
+    assert names[:6] == ["Verbose", "Debug", "Info", "Init", "Warning", "Error"]
     types = {t["identifier"]: t for t in answer["types_available"]}
-    assert types["backend-1"]["name"] == "ticker (backend-1)"
-    assert re.fullmatch(r"#[0-9a-fA-F]{6}", types["backend-1"]["color"])
+    assert types["backend-1"] == {"name": "Process-1", "color": "#707070", "identifier": "backend-1"}
+    for entry in answer["types_available"]:
+        assert re.fullmatch(r"#[0-9a-fA-F]{6}", entry["color"])
 
 
 def test_list_recent_log_messages(daemon: Daemon) -> None:
     def lines() -> list[dict]:
-        return daemon.ok("ListRecentLogMessages", {"types": ["backend-1"]})["data"]["backend-1"]
+        answer = daemon.ok("ListRecentLogMessages", {"types": ["Process-1"], "last_sequence_ids": {}})
+        return answer["data"]["Process-1"]
 
     first = wait_until(lambda: len(lines()) >= 2 and lines(), what="ticker output")
     for line in first:
-        assert TIMESTAMP.match(line["timestamp"]) and isinstance(line["sequence_id"], int)
+        assert TIMESTAMP.match(line["time"]) and isinstance(line["sequence_id"], int)
     assert [m["sequence_id"] for m in first] == sorted(m["sequence_id"] for m in first)
     assert any(m["message"].startswith("tick ") for m in first)
     last = first[-1]["sequence_id"]
-    answer = daemon.ok("ListRecentLogMessages", {"types": ["backend-1", "backend-999", "other"],
-                                                  "last_sequence_ids": {"backend-1": last}, "wait_seconds": 5})
-    assert set(answer["data"]) == {"backend-1"}  # unknown types are left out
-    assert answer["data"]["backend-1"] and all(m["sequence_id"] > last for m in answer["data"]["backend-1"])
-    assert answer["last_sequence_id"] >= answer["data"]["backend-1"][-1]["sequence_id"]
-    # A mark the log never reached (a client of an earlier daemon): the log starts over, no waiting.
-    again = daemon.ok("ListRecentLogMessages", {"types": ["backend-1"], "last_sequence_ids": {"backend-1": 10**9},
+    answer = daemon.ok("ListRecentLogMessages", {"types": ["Process-1", "Process-999", "other"],
+                                                  "last_sequence_ids": {"Process-1": last}, "wait_seconds": 5})
+    assert set(answer) == {"types_available", "last_sequence_id", "data"}
+    assert set(answer["data"]) == {"Process-1"}  # unknown types are left out
+    assert answer["data"]["Process-1"] and all(m["sequence_id"] > last for m in answer["data"]["Process-1"])
+    assert answer["last_sequence_id"] >= answer["data"]["Process-1"][-1]["sequence_id"]
+    # A mark the counter never reached (a client of an earlier daemon): the log starts over, no waiting.
+    again = daemon.ok("ListRecentLogMessages", {"types": ["Process-1"], "last_sequence_ids": {"Process-1": 10**9},
                                                 "wait_seconds": 20})
-    assert again["data"]["backend-1"][0]["sequence_id"] <= first[0]["sequence_id"]
+    assert again["data"]["Process-1"][0]["sequence_id"] <= first[0]["sequence_id"]
 
 
 def test_get_server_resource_info(daemon: Daemon) -> None:
@@ -226,6 +236,13 @@ def test_session_id_is_accepted_never_required(daemon: Daemon) -> None:
     assert daemon.call("ListBackends", headers={"X-Session-ID": "nonsense"}).status_code == 200
 
 
+def test_json_content_types_as_swarmui_takes_them(daemon: Daemon) -> None:
+    for content_type in ("application/json", "application/json; charset=utf-8", "application/vnd.swarm+json"):
+        with daemon.client() as client:
+            response = client.post("/API/ListBackends", content=b"{}", headers={"content-type": content_type})
+        assert response.status_code == 200 and "0" in response.json(), content_type
+
+
 def test_unknown_parameters_are_ignored(daemon: Daemon) -> None:
     assert "0" in daemon.ok("ListBackends", {"whatever": [1, 2], "full_data": False})
 
@@ -233,8 +250,9 @@ def test_unknown_parameters_are_ignored(daemon: Daemon) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "headers", "content", "status", "error_id", "error"),
     [
-        ("GET", "/API/ListBackends", {}, b"", 400, "basic_api", None),
-        ("PUT", "/API/ListBackends", {"content-type": "application/json"}, b"{}", 400, "basic_api", None),
+        # SwarmUI redirects any other method to its error page (the JSON body says why, for scripts)
+        ("GET", "/API/ListBackends", {}, b"", 302, "basic_api", None),
+        ("PUT", "/API/ListBackends", {"content-type": "application/json"}, b"{}", 302, "basic_api", None),
         ("POST", "/API/ListBackends", {"content-type": "text/plain"}, b"{}", 400, "basic_api", "Wrong content type"),
         ("POST", "/API/ListBackends", {}, b"{}", 400, "basic_api", "Wrong content type"),
         ("POST", "/API/ListBackends", {"content-type": "application/json"}, b"{nope", 400, "internal_error",
@@ -258,6 +276,8 @@ def test_transport_errors(daemon: Daemon, method: str, path: str, headers: dict,
         response = client.request(method, path, headers=headers, content=content)
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == "application/json"
+        if status == 302:
+            assert response.headers["location"] == "/Error/NoGetAPI"
         answer = response.json()
         assert answer["error_id"] == error_id
         if error is not None:

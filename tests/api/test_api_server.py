@@ -249,11 +249,10 @@ async def test_poweruser_can_list_and_restart_but_not_edit(directory: str) -> No
         await eventually(lambda: fleet.get(0).status == "running", timeout=10, what="backend 0 running")
         status, answer, _ = await as_nobody(sock, "restart", "0")
         assert status == 0 and answer == {"result": "Success.", "count": 1}
-        status, answer, _ = await as_nobody(sock, "call", "GetServerResourceInfo")
-        assert status == 0 and "cpu" in answer
         before = open(backends, "rb").read()
         for args in (["edit", "0", "--title", "x", "restart=never"], ["add", "process"], ["rm", "1"],
-                     ["disable", "1"], ["logs", "1"]):
+                     ["disable", "1"], ["logs", "1"],
+                     ["call", "GetServerResourceInfo"]):  # SwarmUI: read_server_info_panels is admin-only
             status, answer, _ = await as_nobody(sock, *args)
             assert status == 1 and answer["error_id"] == "bad_permissions", args
         assert open(backends, "rb").read() == before

@@ -26,7 +26,14 @@ def test_int32_accepts_what_int_tryparse_accepts(raw: object, value: int) -> Non
     assert coerce_params(INT, {"n": raw}) == {"n": value}
 
 
-@pytest.mark.parametrize(("raw", "text"), [(5.0, "5.0"), ("5.5", "5.5"), (2**31, str(2**31)), (True, "True"),
+@pytest.mark.parametrize(("raw", "value"), [(5.0, 5), (-3.0, -3), (0.0, 0)])
+def test_int32_takes_a_whole_json_double_as_swarmui_does(raw: object, value: int) -> None:
+    # JToken.ToString() of 5.0 is "5" (.NET's double formatting), which int.TryParse accepts.
+    assert coerce_params(INT, {"n": raw}) == {"n": value}
+
+
+@pytest.mark.parametrize(("raw", "text"), [(5.5, "5.5"), (1e20, "1E+20"), ("5.5", "5.5"), ("5.0", "5.0"),
+                                           (2**31, str(2**31)), (True, "True"),
                                            (None, ""), ("", ""), ([1], "[1]"), ("1e3", "1e3"), ("0x10", "0x10")])
 def test_int32_refuses_the_rest(raw: object, text: str) -> None:
     with pytest.raises(ApiError) as err:

@@ -56,20 +56,20 @@ def test_bad_urls_are_refused_at_add_edit_check_load_and_reload(tmp_path, start_
     d = start_daemon({0: {"settings": {"command": SLEEP}}})
     pid = running_pids(d, 1)[0]
     before = d.backends.read_bytes()
-    answer = d.api("AddNewBackend", {"type_id": "comfyui_api", "settings": {"address": BAD_ADDRESS}})
-    assert "Invalid value for setting 'address'" in answer["error"] and "http://[::1" in answer["error"]
+    answer = d.api("AddNewBackend", {"type_id": "comfyui_api", "settings": {"Address": BAD_ADDRESS}})
+    assert "Invalid value for setting 'Address'" in answer["error"] and "http://[::1" in answer["error"]
     answer = d.api("EditBackend", {"backend_id": 0, "title": "x", "settings": {"ready_check": BAD_READY}})
     assert "Invalid value for setting 'ready_check'" in answer["error"] and "99999" in answer["error"]
     ctl = subprocess.run([PY, "-m", "swarmd.ctl", "--socket", str(d.socket), "add", "comfyui_api",
-                          f"address={BAD_ADDRESS}"], capture_output=True, text=True, timeout=30)
-    assert ctl.returncode == 1 and "address" in ctl.stderr
+                          f"Address={BAD_ADDRESS}"], capture_output=True, text=True, timeout=30)
+    assert ctl.returncode == 1 and "Address" in ctl.stderr
     assert d.backends.read_bytes() == before
     # A hand edit with both: located problems in the log, the running fleet kept.
-    bad = before.decode() + ("  1:\n    type: comfyui_api\n    settings:\n      address: \"http://[::1\"\n"
+    bad = before.decode() + ("  1:\n    type: comfyui_api\n    settings:\n      Address: \"http://[::1\"\n"
                              "  2:\n    type: process\n    settings:\n      command: sleep 1\n"
                              f"      ready_check: {BAD_READY}\n")
     save(d.backends, bad)
-    d.wait_log(r"backends.yaml:\d+:\d+: settings.address: ")
+    d.wait_log(r"backends.yaml:\d+:\d+: settings.Address: ")
     d.wait_log(r"backends.yaml:\d+:\d+: settings.ready_check: ")
     assert list(listing(d)) == ["0"] and listing(d)["0"]["pid"] == pid
     # `swarmd check` and `swarmd serve` refuse the same file with the same located lines.
@@ -77,7 +77,7 @@ def test_bad_urls_are_refused_at_add_edit_check_load_and_reload(tmp_path, start_
                            text=True, timeout=30)
     assert check.returncode == 1
     located = [line for line in check.stdout.splitlines() if line.startswith(str(d.backends) + ":")]
-    assert len(located) == 2 and "settings.address" in located[0] and "settings.ready_check" in located[1]
+    assert len(located) == 2 and "settings.Address" in located[0] and "settings.ready_check" in located[1]
     serve = subprocess.run([PY, "-m", "swarmd", "serve", "--backends", str(d.backends), "--socket",
                             str(tmp_path / "other.sock")], capture_output=True, text=True, timeout=30)
     assert serve.returncode == 1 and located[0] in serve.stderr
@@ -237,7 +237,7 @@ def test_a_lone_surrogate_in_every_text_parameter_is_refused(start_daemon):
         ("AddNewBackend", {"type_id": SURROGATE}),
         ("AddNewBackend", {"type_id": "process", "title": SURROGATE}),
         ("AddNewBackend", {"type_id": "process", "settings": {"command": f"sleep {SURROGATE}"}}),
-        ("AddNewBackend", {"type_id": "comfyui_api", "settings": {"address": f"http://{SURROGATE}:1"}}),
+        ("AddNewBackend", {"type_id": "comfyui_api", "settings": {"Address": f"http://{SURROGATE}:1"}}),
         ("EditBackend", {"backend_id": 0, "title": SURROGATE, "settings": {}}),
         ("EditBackend", {"backend_id": 0, "title": "t", "settings": {"env": f"A={SURROGATE}"}}),
         ("EditBackend", {"backend_id": 0, "title": "t", "settings": {"cwd": SURROGATE}}),

@@ -84,13 +84,15 @@ def test_every_save_style_is_picked_up_and_touch_is_not(start_daemon):
     # a title change never restarts the process
     assert pids(d)[0] == pid
     # 4. touch and the daemon's own write-back change nothing. The log is written in order, through a
-    # queue: once the line of a title-only API edit is in the file, so is every reload before it.
+    # queue: once the line of an API edit is in the file, so is every reload before it. (An API edit
+    # restarts the backend, as SwarmUI's Save does; a reload of its own write changes nothing more.)
     assert d.ok("EditBackend", {"backend_id": 0, "title": "via-api", "settings": {}})["title"] == "via-api"
     d.wait_log(r"edited backend-0")
     count = reloads(d)
     os.utime(d.backends)
     assert d.ok("EditBackend", {"backend_id": 0, "title": "via-api-2", "settings": {}})["title"] == "via-api-2"
     d.wait_log(r"edited backend-0", count=2)
+    pid = all_running(d, 1)[0]
     time.sleep(0.6)  # a reload either of them caused would have come by now
     assert reloads(d) == count
     assert pids(d)[0] == pid

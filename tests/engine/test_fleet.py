@@ -51,13 +51,17 @@ async def test_edit_writes_exactly_the_changed_line_and_restarts(make_fleet, tmp
     assert fleet.get(1).pid == pid1  # the other one is untouched
 
 
-async def test_title_only_edit_does_not_restart(make_fleet):
+async def test_an_edit_always_restarts_as_swarmuis_save_does(make_fleet):
     fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
     pid = await running(fleet, 0)
-    await fleet.edit(0, title="renamed", settings={})
-    assert fleet.get(0).title == "renamed"
-    assert fleet.get(0).pid == pid
-    assert fleet.get(0).modcount == 1
+    backend = await fleet.edit(0, title="renamed", settings={})  # nothing but the title: restarted all the same
+    assert (backend.title, backend.modcount, backend.status) == ("renamed", 1, "waiting")
+    new = await eventually(lambda: fleet.get(0).pid not in (None, pid) and status(fleet, 0) == "running"
+                           and fleet.get(0).pid)
+    assert new != pid and not alive(pid)
+    await fleet.edit(0, title="renamed", settings={"command": SLEEPER})  # the same settings: still restarted
+    assert fleet.get(0).modcount == 2
+    await eventually(lambda: fleet.get(0).pid not in (None, new) and status(fleet, 0) == "running")
 
 
 async def test_bad_setting_is_refused_before_anything_changes(make_fleet, tmp_path):
@@ -245,3 +249,23 @@ async def test_a_deleted_backend_is_freed_by_reference_counting_alone(make_fleet
         await eventually(lambda: backend() is None and shell() is None, timeout=5, what="backend 0 freed")
     finally:
         gc.enable()
+
+
+async def test_targets_are_exactly_all_or_an_id_as_in_swarmui(make_fleet):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}, 1: {"settings": {"command": SLEEPER}}})
+    await running(fleet, 0)
+    await running(fleet, 1)
+    for loose in ("", "ALL", "All", " 0", "0 ", "00", "+0"):
+        assert await fleet.restart(loose) == 0, loose
+        assert await fleet.free_memory(loose) == (False, 0), loose
+    assert await fleet.restart("0") == 1
+    await running(fleet, 0)
+    assert await fleet.restart("all") == 2
+
+
+async def test_swarmuis_small_rules_for_add_and_edit(make_fleet):
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
+    added = await fleet.add("process")
+    assert added.title == ""  # SwarmUI leaves a new backend's title empty
+    edited = await fleet.edit(added.id, title="kept id", settings={}, new_id=-5)  # below 0: "keep it"
+    assert (edited.id, edited.title) == (added.id, "kept id")

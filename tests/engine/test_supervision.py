@@ -108,9 +108,9 @@ async def test_log_readiness_and_the_ring_keeps_the_last_lines(make_fleet):
     assert len(ring) == RING_LINES
     tail = ring.tail(2)
     assert [line.text for line in tail] == ["line 1499", "READY now"]
-    assert tail[-1].seq == 1501
-    assert ring.since(1499)[0].text == "line 1499"
-    assert ring.since(0)[0].seq == 1501 - RING_LINES + 1
+    assert tail[-1].seq == tail[-2].seq + 1  # numbered by one counter shared with every other log
+    assert ring.since(tail[-2].seq - 1)[0].text == "line 1499"
+    assert ring.since(0)[0].seq == tail[-1].seq - RING_LINES + 1
 
 
 async def test_an_unexpected_exit_logs_the_tail(make_fleet, caplog):
@@ -132,11 +132,11 @@ backends:
     type: comfyui_selfstart
     title: comfy
     settings:
-      start_script: {FAKE_COMFY}
+      StartScript: {FAKE_COMFY}
       python: {PY}
-      extra_args: --preview-method auto
-      gpu_id: "1"
-      over_queue: 2
+      ExtraArgs: --preview-method auto
+      GPU_ID: "1"
+      OverQueue: 2
 """)
     await running(fleet, 0)
     backend = fleet.get(0)
@@ -164,10 +164,10 @@ backends:
   0: {type: comfyui_selfstart, title: empty}
   1:
     type: comfyui_selfstart
-    settings: {start_script: /nonexistent/ComfyUI/main.py}
+    settings: {StartScript: /nonexistent/ComfyUI/main.py}
 """)
     await eventually(lambda: status(fleet, 0) == "disabled" and status(fleet, 1) == "errored")
-    assert "No start_script set" in fleet.get(0).status_message
+    assert "No StartScript set" in fleet.get(0).status_message
     assert "does not exist" in fleet.get(1).status_message
     assert fleet.get(0).enabled is True
 
@@ -182,7 +182,7 @@ async def test_comfyui_api_follows_the_remote(make_fleet):
 backends:
   0:
     type: comfyui_api
-    settings: {{address: "http://127.0.0.1:{port}", check_interval: 0.1}}
+    settings: {{Address: "http://127.0.0.1:{port}", check_interval: 0.1}}
 """)
         await eventually(lambda: status(fleet, 0) == "running")
         assert await fleet.free_memory("0") == (True, 1)

@@ -72,8 +72,8 @@ def test_three_mistakes_three_located_errors():
         "(YAML 1.2 reads it as a string: write true or false)",
         "backends.yaml:8:7: settings.port: expected an integer, got 'abc'",
     ]
-    assert lines[2].startswith("backends.yaml:12:7: settings.colour: unknown setting for type 'process' "
-                               "(known: command, cwd, env, gpu_id, ")
+    assert lines[2].startswith("backends.yaml:12:7: backends.1.settings: unknown setting 'colour' for type "
+                               "'process' (known: command, cwd, env, gpu_id, ")
     assert len(lines) == 3
 
 

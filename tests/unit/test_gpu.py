@@ -106,6 +106,16 @@ def test_a_bad_pin_is_a_located_error_in_the_file(fake):
     assert str(info.value) == "b.yaml:6:7: settings.gpu_id: no GPU '7' (this machine has 0, 1, 2)"
 
 
+def test_comfyui_pins_by_swarmui_gpu_id_with_the_same_checks(fake):
+    text = ("backends:\n  0:\n    type: comfyui_selfstart\n    settings:\n      StartScript: /srv/c/main.py\n"
+            "      GPU_ID: '1,1'\n")
+    with pytest.raises(backends_file.FileInvalid) as info:
+        backends_file.parse("b.yaml", text)
+    assert str(info.value) == "b.yaml:6:7: settings.GPU_ID: GPU '1' is listed twice"
+    loaded = backends_file.parse("b.yaml", text.replace("'1,1'", f"'{A[:8]}'"))
+    assert loaded.backends[0].settings["GPU_ID"] == A[:8]
+
+
 def test_auto_prefers_fewest_pinned_then_most_free(fake):
     assert gpu.place_auto({}).visible == B  # most free memory, MIG-mode GPU not used whole
     assert gpu.place_auto({B: 1}).visible == A

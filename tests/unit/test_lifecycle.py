@@ -16,7 +16,6 @@ from swarmd.supervise.lifecycle import (
     ArmTimer,
     CancelTimer,
     DelayElapsed,
-    Edited,
     Exited,
     Faulted,
     KillRequested,
@@ -94,7 +93,7 @@ ROWS = table_rows()
 
 
 def test_the_table_is_read_whole():
-    assert len([r for r in ROWS if not r.remote]) == 35 and len([r for r in ROWS if r.remote]) == 8
+    assert len([r for r in ROWS if not r.remote]) == 34 and len([r for r in ROWS if r.remote]) == 8
     assert {row.event for row in ROWS} == {cls.__name__ for cls in typing.get_args(lc.Event)}
 
 
@@ -211,7 +210,6 @@ CASES: dict[str, Case] = {
                                                           State.DISABLED),
     "process: DISABLED, ERRORED | Exited | a faulted process ended": Case(
         ("DISABLED dying", "ERRORED dying"), Exited(PID, KILLED), SAME),
-    "process: * | Edited | ": Case(("BACKOFF", "RUNNING", "ERRORED", "remote RUNNING"), Edited(), SAME),
     "process: * | KillRequested | a process is alive": Case(
         ("LOADING", "RUNNING", "STOPPING settle", "ERRORED dying"), KillRequested(), SAME,
         (SignalGroup(signal.SIGKILL),)),
@@ -405,7 +403,7 @@ def test_stable_forgets_consecutive_exits_and_a_person_forgets_everything():
     machine.handle(Stable(), now)
     effects = machine.handle(Exited(9, CRASH), now)
     assert ArmTimer(Timer.DELAY, 1) in effects
-    machine.handle(Edited(), now)
+    machine.handle(RestartRequested(), now)  # a person's restart forgets everything
     assert machine.consecutive_exits == 0 and machine.starts_in_window(now) == 0
 
 

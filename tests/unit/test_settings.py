@@ -45,8 +45,11 @@ def test_file_dropdown_and_decimal_and_text():
 def test_api_coercion_like_swarmui():
     assert PORT.from_api("5") == 5
     assert PORT.from_api(5) == 5
+    assert PORT.from_api(5.0) == 5  # JToken.ToString() of 5.0 is "5", which int.TryParse takes
     with pytest.raises(SettingError):
-        PORT.from_api(5.0)  # int.TryParse("5.0") fails in C#
+        PORT.from_api(5.5)
+    with pytest.raises(SettingError):
+        PORT.from_api("5.0")  # the text itself: int.TryParse("5.0") fails in C#
     assert FLAG.from_api("TRUE") is True
     assert FLAG.from_api("1") is False  # only "true" is true, as SwarmUI's EditBackend
     assert FLAG.from_api(True) is True
@@ -123,7 +126,7 @@ URL_PROBLEMS = [
 
 
 @pytest.mark.parametrize("type_id, name", [("process", "ready_check"), ("process", "free_memory"),
-                                           ("comfyui_api", "address")])
+                                           ("comfyui_api", "Address")])
 @pytest.mark.parametrize("url, reason", URL_PROBLEMS)
 def test_every_url_setting_refuses_what_the_client_cannot_use(type_id, name, url, reason):
     spec = TYPES[type_id].spec(name)
@@ -146,10 +149,10 @@ def test_good_urls_ipv6_and_placeholders():
     from swarmd.httpclient import parse_url
 
     process, remote = TYPES["process"], TYPES["comfyui_api"]
-    assert remote.spec("address").from_file("http://[::1]:8188/") == "http://[::1]:8188"
-    assert remote.spec("address").from_file(" http://comfy.lan ") == "http://comfy.lan"
-    assert remote.spec("address").from_api("HTTP://127.0.0.1:8188/") == "http://127.0.0.1:8188"
-    assert remote.health_url({"address": "http://[::1]:8188"}) == "http://[::1]:8188/system_stats"
+    assert remote.spec("Address").from_file("http://[::1]:8188/") == "http://[::1]:8188"
+    assert remote.spec("Address").from_file(" http://comfy.lan ") == "http://comfy.lan"
+    assert remote.spec("Address").from_api("HTTP://127.0.0.1:8188/") == "http://127.0.0.1:8188"
+    assert remote.health_url({"Address": "http://[::1]:8188"}) == "http://[::1]:8188/system_stats"
     target = parse_url("http://[::1]:8188/system_stats")
     assert (target.host, target.port, target.path, target.host_header) == ("::1", 8188, "/system_stats",
                                                                           "[::1]:8188")
@@ -162,9 +165,9 @@ def test_good_urls_ipv6_and_placeholders():
     with pytest.raises(SettingError, match=r"port 655350 out of range"):
         ready.from_file("http://127.0.0.1:{port}0/")  # valid with no port a start can fill in
     with pytest.raises(SettingError, match=r"port '\{port\}' is not a number"):
-        remote.spec("address").from_file("http://127.0.0.1:{port}")  # no placeholder in an address
+        remote.spec("Address").from_file("http://127.0.0.1:{port}")  # no placeholder in an address
     with pytest.raises(SettingError, match=r"without a \?query"):
-        remote.spec("address").from_file("http://127.0.0.1:8188/?a=b")
+        remote.spec("Address").from_file("http://127.0.0.1:8188/?a=b")
     with pytest.raises(SettingError, match=r"expected none, tcp"):
         ready.from_file("ftp://x")
 
@@ -271,3 +274,119 @@ def test_nothing_but_setting_errors_for_out_of_range_numbers():
         spec_of("port").from_api("\u0661")  # isdigit(), but C#'s int.TryParse takes ASCII digits only
     with pytest.raises(SettingError, match="no signal number 999999999999..."):
         spec_of("stop_signal").from_file("9" * 6000)
+
+
+# -- SwarmUI's ComfyUI settings (issue #12) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("type_id, given, message", [
+    ("comfyui_selfstart", "StartScrpt",
+     "unknown setting 'StartScrpt' for type 'comfyui_selfstart' (did you mean 'StartScript'?)"),
+    ("comfyui_selfstart", "start_script",
+     "unknown setting 'start_script' for type 'comfyui_selfstart' (did you mean 'StartScript'?)"),
+    ("comfyui_selfstart", "startscript",
+     "unknown setting 'startscript' for type 'comfyui_selfstart' (did you mean 'StartScript'?)"),
+    ("comfyui_selfstart", "gpu_id",
+     "unknown setting 'gpu_id' for type 'comfyui_selfstart' (did you mean 'GPU_ID'?)"),
+    ("comfyui_selfstart", "EnablePreview",
+     "unknown setting 'EnablePreview' for type 'comfyui_selfstart' (did you mean 'EnablePreviews'?)"),
+    ("comfyui_selfstart", "Python",
+     "unknown setting 'Python' for type 'comfyui_selfstart' (did you mean 'python'?)"),
+    ("comfyui_api", "address", "unknown setting 'address' for type 'comfyui_api' (did you mean 'Address'?)"),
+    ("comfyui_api", "checkinterval",
+     "unknown setting 'checkinterval' for type 'comfyui_api' (did you mean 'check_interval'?)"),
+    ("process", "GPU_ID", "unknown setting 'GPU_ID' for type 'process' (did you mean 'gpu_id'?)"),
+    ("process", "comand", "unknown setting 'comand' for type 'process' (did you mean 'command'?)"),
+    ("comfyui_api", "colour", "unknown setting 'colour' for type 'comfyui_api' "
+                              "(known: Address, AllowIdle, OverQueue, EnableFrontendDev, check_interval)"),
+])
+def test_unknown_setting_message_names_the_nearest_known_name(type_id, given, message):
+    assert TYPES[type_id].unknown_setting_message(given) == message
+
+
+def test_unknown_setting_message_is_bounded_and_never_raises():
+    selfstart = TYPES["comfyui_selfstart"]
+    huge = selfstart.unknown_setting_message("StartScript" + "x" * 1_000_000)
+    assert len(huge) < 600 and huge.startswith("unknown setting 'StartScriptxxx")
+    assert "(known: StartScript, " in huge  # no suggestion for a name that long
+    for odd in ("", " ", "\x00", "\ud800", "a\nb", 5, None):
+        text = selfstart.unknown_setting_message(odd)
+        assert text.startswith("unknown setting ") and len(text) < 600
+    assert selfstart.nearest_setting("GPU-ID") == "GPU_ID" and selfstart.nearest_setting("zzzz") is None
+
+
+def comfy_settings(**changes):
+    settings = TYPES["comfyui_selfstart"].defaults()
+    settings.update(changes)
+    return settings
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({}, ["--listen", "127.0.0.1", "--preview-method", "auto", "--port", "8188"]),
+    ({"EnablePreviews": "false"}, ["--listen", "127.0.0.1", "--preview-method", "none", "--port", "8188"]),
+    ({"EnablePreviews": "taesd", "ExtraArgs": "--lowvram"},
+     ["--lowvram", "--listen", "127.0.0.1", "--preview-method", "taesd", "--port", "8188"]),
+    ({"ExtraArgs": "--preview-method latent2rgb"},
+     ["--preview-method", "latent2rgb", "--listen", "127.0.0.1", "--port", "8188"]),
+    ({"ExtraArgs": "--preview-method=taesd --x 'a b'"},
+     ["--preview-method=taesd", "--x", "a b", "--listen", "127.0.0.1", "--port", "8188"]),
+    ({"DisableInternalArgs": True}, ["--port", "8188"]),
+    ({"DisableInternalArgs": True, "EnablePreviews": "taesd", "ExtraArgs": "--listen 0.0.0.0"},
+     ["--listen", "0.0.0.0", "--port", "8188"]),
+    ({"ExtraArgs": "--port 1"}, ["--port", "1", "--listen", "127.0.0.1", "--preview-method", "auto", "--port",
+                                 "8188"]),  # swarmd's comes last: ComfyUI's parser keeps the last one
+])
+def test_comfyui_arguments_from_swarmui_settings(changes, expected, tmp_path):
+    script = tmp_path / "main.py"
+    script.write_text("")
+    selfstart = TYPES["comfyui_selfstart"]
+    spec = selfstart.launch(comfy_settings(StartScript=str(script), python="python3", **changes), 8188)
+    assert spec.argv == ("python3", "-s", "main.py", *expected)
+    assert spec.cwd == str(tmp_path) and spec.ready_check == "http://127.0.0.1:8188/system_stats"
+
+
+def test_comfyui_settings_that_cannot_apply_are_accepted_and_change_nothing(tmp_path):
+    script = tmp_path / "main.py"
+    script.write_text("")
+    selfstart = TYPES["comfyui_selfstart"]
+    base = comfy_settings(StartScript=str(script))
+    for name, values in [("AutoUpdate", ("true", "aggressive", "false")),
+                         ("UpdateManagedNodes", ("true", "aggressive", "false")),
+                         ("FrontendVersion", ("Latest", "None", "LatestSwarmValidated", "Legacy"))]:
+        spec = selfstart.spec(name)
+        assert "No effect under swarmd" in spec.description
+        for value in values:
+            assert spec.from_api(value) == value
+            assert selfstart.launch({**base, name: value}, 1) == selfstart.launch(base, 1)
+        with pytest.raises(SettingError, match="expected one of"):
+            spec.from_api("sometimes")
+    assert selfstart.spec("AutoUpdate").from_file(True) == "true"  # YAML's true, as in SwarmUI's files
+    assert selfstart.spec("EnablePreviews").from_api(False) == "false"  # older clients: a checkbox
+    assert selfstart.spec("EnablePreviews").from_file(True) == "true"
+    assert "No effect under swarmd" in TYPES["comfyui_api"].spec("EnableFrontendDev").description
+
+
+def test_comfyui_lifecycle_and_usages_read_swarmui_names():
+    selfstart, remote = TYPES["comfyui_selfstart"], TYPES["comfyui_api"]
+    assert selfstart.lifecycle_config(comfy_settings()).restart == "on-failure"
+    assert selfstart.lifecycle_config(comfy_settings(AutoRestart=False)).restart == "never"
+    assert selfstart.lifecycle_config(comfy_settings(restart="always")).restart == "always"
+    assert selfstart.max_usages(comfy_settings(OverQueue=2)) == 3
+    api = remote.defaults()
+    assert remote.max_usages(api) == 2 and remote.lifecycle_config(api).allow_idle is False
+    assert remote.lifecycle_config({**api, "AllowIdle": True}).allow_idle is True
+    assert remote.health_url(api) == remote.free_url(api) == ""
+    assert remote.free_url({**api, "Address": "http://h:1"}) == "http://h:1/free"
+    assert TYPES["process"].max_usages(TYPES["process"].defaults()) == 1
+    assert (selfstart.gpu_setting, selfstart.rocr_setting) == ("GPU_ID", "rocr_visible_devices")
+    assert (TYPES["process"].gpu_setting, TYPES["process"].rocr_setting) == ("gpu_id", "rocr_visible_devices")
+    assert (remote.gpu_setting, remote.rocr_setting) == ("", "")
+    assert selfstart.defaults()["GPU_ID"] == "0"  # SwarmUI's default
+
+
+def test_start_script_must_name_main_py():
+    spec = TYPES["comfyui_selfstart"].spec("StartScript")
+    assert spec.from_api(" /srv/ComfyUI/main.py ") == "/srv/ComfyUI/main.py"
+    assert spec.from_file("") == ""
+    with pytest.raises(SettingError, match="expected the path of ComfyUI's main.py"):
+        spec.from_api("/srv/ComfyUI/")

@@ -95,7 +95,7 @@ def start_script(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module", autouse=True)
 def machine():
-    """Two GPUs at the module boundary, so that gpu_id values are validated against a machine."""
+    """Two GPUs at the module boundary, so that GPU pins (gpu_id, GPU_ID) are validated against a machine."""
     gpu.set_inventory(StaticInventory(gpu_list=[GPU(0, A, "H200", memory_free=10), GPU(1, B, "H200")]))
     yield
     gpu.set_inventory(None)
@@ -126,8 +126,8 @@ def check_startable(backend_type: BackendType, name: str, value: Any, script: st
     settings_ = backend_type.defaults()
     if "command" in settings_:
         settings_["command"] = "true"
-    if "start_script" in settings_:
-        settings_["start_script"] = script
+    if "StartScript" in settings_:
+        settings_["StartScript"] = script
     settings_[name] = value
     utf8(settings_)
     json.dumps(settings_, allow_nan=False)  # ListBackends can show them
@@ -169,11 +169,12 @@ def check_startable(backend_type: BackendType, name: str, value: Any, script: st
     else:
         assert hook == "", hook
     assert isinstance(backend_type.lifecycle_config(settings_).stop_signal, signal.Signals)
-    if "gpu_id" in settings_:
+    pin_name = backend_type.gpu_setting
+    if pin_name:
         try:
-            gpu.place(settings_["gpu_id"], {}).env(bool(settings_.get("rocr_visible_devices")))
+            gpu.place(settings_[pin_name], {}).env(bool(settings_.get(backend_type.rocr_setting)))
         except PinError:
-            assert str(settings_["gpu_id"]).strip() == "auto"  # only auto may find no GPU at start
+            assert str(settings_[pin_name]).strip() == "auto"  # only auto may find no GPU at start
 
 
 def exercise(backend_type: BackendType, spec: SettingSpec, source: str, raw: Any, script: str,
