@@ -1,4 +1,4 @@
-"""`swarmd serve` and `swarmd check`.
+"""`swarmd serve`, `swarmd check` and `swarmd import`.
 
 Both read the daemon config file (`--config`, default /etc/swarmd/swarmd.yaml when it exists; see
 swarmd.config); flags given on the command line win over it.
@@ -33,6 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config file and a backends file; print one line per problem")
     check.add_argument("--config", help=config_help)
     check.add_argument("--backends", help="the backends YAML file (default: the config's backends:)")
+    imp = sub.add_parser("import", help="import SwarmUI's saved backends (Data/Backends.fds) into a backends file",
+                         description="Import SwarmUI's saved backends into a swarmd backends file. Exit status: "
+                                     "0 everything imported as it is; 3 written, but something was skipped, "
+                                     "refused (imported disabled) or dropped; 1 nothing written; 2 usage.")
+    imp.add_argument("--from", dest="source", required=True, metavar="FDS",
+                     help="SwarmUI's backends file, PATH/Data/Backends.fds")
+    imp.add_argument("--backends", help="the backends YAML file to write into (created when missing; default: the "
+                                        "config's backends:)")
+    imp.add_argument("--config", help=config_help)
+    imp.add_argument("--dry-run", action="store_true", help="print the resulting backends file; write nothing")
+    imp.add_argument("--replace", action="store_true",
+                     help="replace the target's entries whose id a SwarmUI backend has (default: keep them)")
+    imp.add_argument("--swarmui-dir", metavar="DIR",
+                     help="the SwarmUI folder that a relative StartScript is relative to (default: the parent "
+                          "of the .fds file's folder)")
     return parser
 
 
@@ -122,8 +137,21 @@ def _report_startup_error(err: BaseException, backends: str) -> None:
         print(f"swarmd: {err}", file=sys.stderr)
 
 
+def import_backends(args: argparse.Namespace) -> int:
+    """`swarmd import` (swarmd.importer): 0 all imported, 3 partly, 1 nothing written."""
+    from swarmd import importer
+
+    settings = _resolve(args)
+    if settings is None:
+        return 1
+    return importer.run(args.source, settings.backends, dry_run=args.dry_run, replace_existing=args.replace,
+                        swarmui_dir=args.swarmui_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "import":
+        return import_backends(args)
     if args.command == "check":
         settings = _resolve(args)
         if settings is None:
