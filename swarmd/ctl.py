@@ -14,6 +14,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -183,11 +184,30 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
         _print_json(answer)
         return EXIT_OK
     rows = [
-        (b.get("id"), b.get("title"), b.get("type"), b.get("status"), b.get("pid"), _gpu_text(b), b.get("restarts"))
+        (b.get("id"), b.get("title"), b.get("type"), _status_text(b), b.get("pid"), _gpu_text(b), b.get("restarts"))
         for b in answer.values()
     ]
     print(_table(rows, ("ID", "TITLE", "TYPE", "STATUS", "PID", "GPU", "RESTARTS")))
     return EXIT_OK
+
+
+#: How much of a status message `list` shows after the status (`status ID` shows all of it).
+SHORT_CAUSE = 60
+
+
+def _status_text(backend: dict[str, Any]) -> str:
+    """The status, and for an errored or waiting backend a short cause: "errored: exited with status 2:
+    main.py: error: unrecognized arg..."."""
+    status = str(backend.get("status"))
+    message = str(backend.get("status_message") or "")
+    if status not in ("errored", "waiting", "idle") or not message or message.startswith("Waiting to load"):
+        return status
+    cause = _POLICY_PART.sub("", message, count=1)  # "<what> (<policy>): <cause>" -> "<what>: <cause>"
+    return f"{status}: {cause if len(cause) <= SHORT_CAUSE else cause[:SHORT_CAUSE - 3] + '...'}"
+
+
+#: The restart policy's part of a status message (see supervise/lifecycle.py `_after_exit`).
+_POLICY_PART = re.compile(r" \((?:restart[: ]|gave up after )[^)]*\)")
 
 
 def cmd_types(client: Client, args: argparse.Namespace) -> int:
@@ -255,12 +275,19 @@ def cmd_disable(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_restart(client: Client, args: argparse.Namespace) -> int:
-    answer = client.call("RestartBackends", {"backend": args.target})
+    """Restart whatever the target names that is enabled -- also a backend stuck loading or waiting (the
+    API's `force`); says which and from what."""
+    answer = client.call("RestartBackends", {"backend": args.target, "force": True})
     if args.json:
         _print_json(answer)
-    else:
-        count = answer.get("count", 0)
-        print(f"restarted {count} backend{'' if count == 1 else 's'}")
+        return EXIT_OK
+    restarted = answer.get("restarted", [])
+    if not restarted:
+        print("restarted nothing: no enabled backend matches" if args.target == "all" else
+              f"restarted nothing: backend {args.target} does not exist or is disabled")
+        return EXIT_SERVER_ERROR if args.target != "all" else EXIT_OK
+    for item in restarted:
+        print(f"restarted backend {item['id']} (it was {item['was']})")
     return EXIT_OK
 
 
@@ -319,7 +346,13 @@ def cmd_call(client: Client, args: argparse.Namespace) -> int:
     return EXIT_SERVER_ERROR if isinstance(answer, dict) and "error" in answer else EXIT_OK
 
 
+#: How many of its last log lines `status ID` shows.
+STATUS_LINES = 10
+
+
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    if args.backend is not None:
+        return _backend_status(client, args)
     answer = client.call("GetDaemonStatus")
     if args.json:
         _print_json(answer)
@@ -335,6 +368,33 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     for key, value in answer.items():
         if key not in ("version", "backends_file", "file_problem", "counts"):
             print(f"{key.replace('_', ' ')}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+    return EXIT_OK
+
+
+def _backend_status(client: Client, args: argparse.Namespace) -> int:
+    """One backend: its status, the whole status message, and its last log lines (output and the
+    daemon's notes about it)."""
+    backend = client.call("ListBackends", {"full_data": True}).get(str(args.backend))
+    if backend is None:
+        raise ServerError(f"Invalid backend ID {args.backend}")
+    key = f"backend-{args.backend}"
+    log = client.call("ListRecentLogMessages", {"types": [key], "last_sequence_ids": {}})
+    lines = (log.get("data") or {}).get(key, [])[-STATUS_LINES:]
+    if args.json:
+        _print_json({"backend": backend, "last_lines": lines})
+        return EXIT_OK
+    print(f"backend {backend.get('id')} ({backend.get('title')!r}, {backend.get('type')}): {backend.get('status')}")
+    if backend.get("status_message"):
+        print(f"  {backend['status_message']}")
+    details = [f"pid {backend['pid']}" if backend.get("pid") else "no process",
+               f"{backend.get('restarts', 0)} restarts"]
+    if backend.get("last_exit"):
+        details.append(f"last exit: {backend['last_exit'].get('text')}")
+    print(f"  {', '.join(details)}")
+    if lines:
+        print("last lines:")
+        for line in lines:
+            print(f"  {line.get('time', '')} {line.get('stream', '')}: {line.get('message', '')}")
     return EXIT_OK
 
 
@@ -388,7 +448,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command("call", cmd_call, "call any API route with a JSON body; print the answer")
     p.add_argument("route", metavar="ROUTE")
     p.add_argument("body", nargs="?", metavar="JSON")
-    command("status", cmd_status, "the daemon's status")
+    p = command("status", cmd_status, "the daemon's status, or one backend's: its whole status message and "
+                                      "last lines")
+    p.add_argument("backend", nargs="?", type=int, metavar="ID")
     return parser
 
 

@@ -21,7 +21,7 @@ from swarmd import gpu, systemd
 from swarmd.config import DaemonConfig
 from swarmd.fleet import Fleet
 from swarmd.reload import watch_file
-from swarmd.supervise.process import Guardian, normalize_signals, raise_fd_limit
+from swarmd.supervise.process import Containment, Guardian, normalize_signals, raise_fd_limit
 
 log = logging.getLogger("swarmd")
 
@@ -60,11 +60,16 @@ async def run_daemon(options: DaemonConfig) -> int:
     # The fds systemd passed (3, 4, ...) come without close-on-exec: mark them before the guardian or any
     # backend is spawned, so that none of them holds the API's socket open.
     activated = systemd.activated_socket(systemd.listen_fds())
-    guardian = Guardian()
+    # Child subreaper, and the backends' own cgroups where swarmd has a delegated subtree (swarmd moves into
+    # its supervisor/ leaf first, so the guardian is forked there too).
+    containment = await Containment.for_daemon()
+    guardian = Guardian(containment)
     guardian.start()
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
+                if containment.subreaper:
+                    nursery.start_soon(containment.reap_orphans)  # the orphans it adopts are its to reap
                 interval = systemd.watchdog_interval()
                 if interval is not None and notifier.enabled:
                     # Fed from the start: a fleet of slow starts must not look like a hang.

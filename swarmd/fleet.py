@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -47,7 +47,8 @@ from swarmd.backends_file import (
     SetBackend,
 )
 from swarmd.plan import Action, Add, Disable, Enable, Reconfigure, Remove, Rename, Retitle, plan
-from swarmd.settings import SECRET_MASK, SettingError, check_text, check_title
+from swarmd.secrets import unmask_text
+from swarmd.settings import SECRET_MASK, SettingError, check_text, check_title, mapping_to_lines
 from swarmd.supervise.lifecycle import (
     KillRequested,
     Lifecycle,
@@ -235,7 +236,7 @@ class Fleet:
             if backend is None:
                 raise FleetError(f"Invalid backend ID {backend_id}")
             old = backend.definition
-            changes = self._parse_api_settings(backend.type, settings)
+            changes = self._parse_api_settings(backend.type, settings, stored=old.settings)
             changed = {k: v for k, v in changes.items() if old.settings.get(k) != v}
             edits: list[Change] = []
             if target_id != backend_id:
@@ -288,14 +289,17 @@ class Fleet:
             await toggled[0].shell.wait_at_rest()
         return True
 
-    async def restart(self, target: str = "all") -> int:
-        """Restart the running or errored backends named by `target` ("all" or an id)."""
+    async def restart(self, target: str = "all", *, force: bool = False) -> list[Backend]:
+        """Restart the backends named by `target` ("all" or an id): the running or errored ones, as
+        SwarmUI; with `force` (swarmd's own) also those loading or waiting -- a hung start can be cleared.
+        Disabled backends never start. Returns the backends restarted."""
         if self._closing:
             raise FleetError("swarmd is stopping: changes are refused")
-        chosen = [b for b in self._targets(target) if b.status in ("running", "errored")]
+        statuses = ("running", "errored", "loading", "waiting", "idle") if force else ("running", "errored")
+        chosen = [b for b in self._targets(target) if b.status in statuses and b.enabled]
         for backend in chosen:
             backend.shell.feed(RestartRequested())
-        return len(chosen)
+        return chosen
 
     async def free_memory(self, target: str = "all", system_ram: bool = False) -> tuple[bool, int]:
         """Ask each running backend named by `target` to free memory, in parallel. Returns (any targeted,
@@ -342,11 +346,20 @@ class Fleet:
             return self.backends()
         return [b for b in self.backends() if str(b.id) == target]
 
-    def _parse_api_settings(self, backend_type: BackendType, raw: dict[str, Any]) -> dict[str, Any]:
+    def _parse_api_settings(self, backend_type: BackendType, raw: dict[str, Any],
+                            stored: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Raw API values -> typed values, SwarmUI's way (case-sensitive names; the secret mask keeps the old
         value) -- except that a name the type does not have is an error naming the nearest known one, where
         SwarmUI ignores it (a misspelled key would otherwise "succeed" and change nothing). Raises
-        FleetError naming the first bad setting."""
+        FleetError naming the first bad setting.
+
+        Values sent back as a caller without the admin role was shown them (`api.shape`: env values and
+        credentials as SECRET_MASK) keep what is stored: a secret setting or a text that is the mask alone is
+        left out (the stored value stays); a text that is the masked view of the stored one is the stored
+        one; a line holding the mask is the stored line it stands for (in `env`, `KEY=\\t<secret>` is the
+        stored line of KEY). `stored` is the backend's stored settings (None for a new backend).
+        A mask that stands for nothing stored (a new backend, a new key) is refused, never saved.
+        """
         if not isinstance(raw, dict):
             raise FleetError("Missing settings.")
         parsed: dict[str, Any] = {}
@@ -358,9 +371,17 @@ class Fleet:
             spec = backend_type.spec(name)
             if spec is None:
                 raise FleetError(backend_type.unknown_setting_message(name))
-            if spec.secret and value == SECRET_MASK:
+            if (spec.secret or spec.kind == "text") and value == SECRET_MASK:
                 continue
             try:
+                if spec.kind == "text" and isinstance(value, dict) and spec.mapping_ok:
+                    value = mapping_to_lines(value, name)
+                if spec.kind == "text" and isinstance(value, str) and SECRET_MASK in value:
+                    old = stored.get(name) if stored is not None else None
+                    value = unmask_text(value, old if isinstance(old, str) else None, env=spec.mapping_ok)
+                    if value is None:
+                        raise SettingError("it holds the secret mask (\\t<secret>) where no stored value is "
+                                           "known: send the value itself")
                 parsed[name] = spec.from_api(value)
             except SettingError as err:
                 raise FleetError(f"Invalid value for setting '{name}': {err}") from None
@@ -524,11 +545,12 @@ class Fleet:
         """The pin of one start of `shell`'s backend: explicit pins resolved; `auto` placed among the GPUs
         with the fewest other backends running on them now. Raises PinError."""
         counts: dict[str, int] = {}
-        for other in self._backends.values():
-            if other.shell is shell or other.pid is None:
-                continue
-            for device in other.shell.pin.gpus:
-                counts[device.uuid] = counts.get(device.uuid, 0) + 1
+        if gpu_id.strip() == "auto":  # only `auto` needs to know the others (a walk of every backend)
+            for other in self._backends.values():
+                if other.shell is shell or other.pid is None:
+                    continue
+                for device in other.shell.pin.gpus:
+                    counts[device.uuid] = counts.get(device.uuid, 0) + 1
         return gpu.place(gpu_id, counts)
 
 

@@ -115,9 +115,11 @@ async def list_backends(
 ) -> Encoded:
     # Ascending id; negative ids would be SwarmUI's "nonreal" backends (swarmd has none today).
     # Built from each backend's cached JSON: the web UI polls this with every backend in it.
+    # Secrets (env values, credentials in text settings) stay with admins: others get the masked view.
     if full_data:
         await gpu.refresh()  # GPU memory per backend: NVML in a thread, at most every half second
-    parts = [f'"{backend.id}":{backend_json(backend, full_data=full_data)}'
+    masked = caller.role not in access.ADMINS
+    parts = [f'"{backend.id}":{backend_json(backend, full_data=full_data, masked=masked)}'
              for backend in ctx.fleet.backends() if nonreal or backend.id >= 0]
     return Encoded("{" + ",".join(parts) + "}")
 
@@ -135,7 +137,7 @@ async def add_new_backend(
     settings: dict[str, Any] | None,
 ) -> dict[str, Any]:
     backend = await ctx.fleet.add(type_id, title=title, settings=settings)
-    return backend_object(backend)
+    return backend_object(backend, masked=caller.role not in access.ADMINS)
 
 
 @route(
@@ -159,8 +161,9 @@ async def edit_backend(
         raise ApiError("Missing settings.")
     if new_id == backend_id:
         new_id = -1
+    # A value sent back masked (as ListBackends showed it) keeps what is stored: the Fleet resolves it.
     backend = await ctx.fleet.edit(backend_id, title=title, settings=dict(settings), new_id=new_id)
-    return backend_object(backend)
+    return backend_object(backend, masked=caller.role not in access.ADMINS)
 
 
 @route("DeleteBackend", Param("backend_id", "Int32"), flag="add_remove_backends")
@@ -177,10 +180,22 @@ async def toggle_backend(
     return {"result": "Success." if changed else "No change."}
 
 
-@route("RestartBackends", Param("backend", "String", "all"), flag="restart_backends")
-async def restart_backends(ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, backend: str) -> dict[str, Any]:
-    count = await ctx.fleet.restart(backend)
-    return {"result": "Success.", "count": count}
+@route(
+    "RestartBackends",
+    Param("backend", "String", "all"),
+    # swarmd's extension: also restart a loading or waiting backend (SwarmUI restarts running or errored
+    # ones only); the answer then says which were restarted and from what status.
+    Param("force", "Boolean", False),
+    flag="restart_backends",
+)
+async def restart_backends(ctx: ApiContext, caller: Caller, body: Mapping[str, Any], *, backend: str,
+                           force: bool) -> dict[str, Any]:
+    before = {b.id: b.status for b in ctx.fleet.backends()}
+    restarted = await ctx.fleet.restart(backend, force=force)
+    answer: dict[str, Any] = {"result": "Success.", "count": len(restarted)}
+    if force:
+        answer["restarted"] = [{"id": b.id, "was": before.get(b.id)} for b in restarted]
+    return answer
 
 
 @route(

@@ -1,8 +1,15 @@
 """SwarmUI's backend object (BackendToNet), shaped from a backend's definition and lifecycle.
 
 ListBackends of a thousand backends is polled by the web UI, so the part that follows from the definition
-alone is built and JSON-encoded once per definition (a new definition is a new object: the cache compares
-identity) and only the few changing fields are encoded at each call.
+alone is built and JSON-encoded once per definition and view (a new definition is a new object: the cache
+compares identity) and only the few changing fields are encoded at each call.
+
+Secrets stay with admins. A caller without the admin role gets the masked view (`masked=True`): every value
+of `env`'s KEY=VALUE lines, and in any text setting a credential -- the rest of a line `...TOKEN=`,
+`...KEY=`, `...SECRET=`, `...PASSWORD=` (any case, also `--api-key=V` and `--hf-token V` inside a command
+line) and the password of a URL's `user:password@` -- shown as SwarmUI's secret mask `\\t<secret>`
+(`HF_TOKEN=\\t<secret>`). Settings the type declares secret are masked for everyone, as SwarmUI does. A value
+sent back as it was shown keeps what is stored (`swarmd.secrets` has both sides).
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from swarmd.secrets import mask_setting
 from swarmd.settings import SECRET_MASK
 
 if TYPE_CHECKING:
@@ -20,20 +28,39 @@ if TYPE_CHECKING:
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
-def _static_part(backend: Backend) -> tuple[dict[str, Any], str]:
-    """The fields that follow from the definition, and their JSON without the closing brace. Kept in
-    `backend.api_cache` as (definition, fields, json)."""
-    cached: tuple[BackendDef, dict[str, Any], str] | None = backend.api_cache
-    if cached is not None and cached[0] is backend.definition:
-        return cached[1], cached[2]
-    definition, backend_type, settings = backend.definition, backend.type, {}
+# -- the backend object ----------------------------------------------------------------------------------
+
+
+def _static_part(backend: Backend, masked: bool) -> tuple[dict[str, Any], str]:
+    """The fields that follow from the definition, and their JSON without the closing brace, in the plain
+    or the masked view. Kept in `backend.api_cache` as (definition, {masked: (fields, json)}): each view is
+    built once per definition, the masked one shares the plain one when there is nothing to mask."""
+    cached: tuple[BackendDef, dict[bool, tuple[dict[str, Any], str]]] | None = backend.api_cache
+    if cached is None or cached[0] is not backend.definition:
+        cached = (backend.definition, {})
+        backend.api_cache = cached
+    views = cached[1]
+    view = views.get(masked)
+    if view is None:
+        view = views[masked] = _build(backend, masked, views)
+    return view
+
+
+def _build(backend: Backend, masked: bool, views: dict[bool, tuple[dict[str, Any], str]]
+           ) -> tuple[dict[str, Any], str]:
+    definition, backend_type = backend.definition, backend.type
+    plain: dict[str, Any] = {}
+    shown: dict[str, Any] = {}
     for spec in backend_type.settings:
         value = definition.settings.get(spec.name, spec.default)
-        settings[spec.name] = (SECRET_MASK if value else "") if spec.secret else value
+        plain[spec.name] = (SECRET_MASK if value else "") if spec.secret else value
+        shown[spec.name] = mask_setting(spec, value)
+    if plain == shown and (not masked) in views:
+        return views[not masked]  # nothing to hide: one view serves both
     fields = {
         "type": definition.type_id,
         "id": definition.id,
-        "settings": settings,
+        "settings": shown if masked else plain,
         "features": list(backend_type.features),
         "enabled": definition.enabled,
         "title": definition.title,
@@ -42,9 +69,7 @@ def _static_part(backend: Backend) -> tuple[dict[str, Any], str]:
         "time_since_used": "Never",
         "can_load_models": backend_type.can_load_models,
     }
-    encoded = _encode(fields)[:-1]
-    backend.api_cache = (definition, fields, encoded)
-    return fields, encoded
+    return fields, _encode(fields)[:-1]
 
 
 def _dynamic(backend: Backend, full_data: bool) -> dict[str, Any]:
@@ -65,14 +90,14 @@ def _dynamic(backend: Backend, full_data: bool) -> dict[str, Any]:
     return data
 
 
-def backend_object(backend: Backend, full_data: bool = False) -> dict[str, Any]:
-    """The backend object as a dict; `full_data` adds the current model and swarmd's runtime facts."""
-    fields, _ = _static_part(backend)
+def backend_object(backend: Backend, full_data: bool = False, *, masked: bool = False) -> dict[str, Any]:
+    """The backend object as a dict; `full_data` adds the current model and swarmd's runtime facts; `masked`
+    hides secrets (the view of a caller without the admin role)."""
+    fields, _ = _static_part(backend, masked)
     return {**fields, **_dynamic(backend, full_data)}
 
 
-def backend_json(backend: Backend, full_data: bool = False) -> str:
-    """`backend_object()` encoded as JSON text (the same object, the static part encoded once)."""
-    _, encoded = _static_part(backend)
+def backend_json(backend: Backend, full_data: bool = False, *, masked: bool = False) -> str:
+    """`backend_object()` encoded as JSON text (the same object, the static part encoded once per view)."""
+    _, encoded = _static_part(backend, masked)
     return f"{encoded},{_encode(_dynamic(backend, full_data))[1:]}"
-

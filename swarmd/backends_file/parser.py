@@ -1,6 +1,10 @@
 """Reading and validating: `read()` and `parse()` turn bytes into a `BackendsFile` or raise `FileInvalid`
 with every problem located at FILE:LINE:COL (`key_position`, `value_position`, `node_position`).
 
+Settings are checked by their specs (syntax, ranges: pure, as the API checks them), then by
+`MACHINE_CHECKS`, which need this machine's user database: the parse runs in worker threads (the daemon's
+load, reloads, the parse-before-write of every API change) or in `swarmd check`, never on the event loop.
+
 A valid file is read with the C-accelerated safe loader (YAML 1.2); only a file with a problem is read
 again round-trip (`roundtrip._load_doc`), for the positions."""
 
@@ -13,10 +17,25 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.resolver import VersionedResolver
 
+from swarmd import accounts
 from swarmd.backends_file.model import BACKEND_KEYS, BackendDef, BackendsFile, FileInvalid, Problem, digest_of
 from swarmd.backends_file.roundtrip import _load_doc
 from swarmd.settings import SettingError, check_title, describe
 from swarmd.types import TYPES, BackendType
+
+#: Checks of a setting against this machine, by setting name, for a non-empty value that passed its spec:
+#: each raises SettingError ("no user 'x' on this machine"), which becomes the located problem
+#: `settings.NAME: message`. They may block (NSS: LDAP, SSSD), which is why they live here, where the file
+#: is validated off the event loop, and not in the specs' `check` (the API runs those on the event loop).
+#: `accounts.check_user`/`check_group` also fill the cache the spawn reads (`accounts.run_as`).
+MACHINE_CHECKS: dict[str, Callable[[Any], object]] = {
+    "user": accounts.check_user,
+    "group": accounts.check_group,
+}
+
+#: One parse's answers of `MACHINE_CHECKS`, by (setting, value): None when it passed, else the message. A
+#: file with a problem is validated twice (fast, then round-trip for the positions), each name is asked once.
+_Answers = dict[tuple[str, Any], str | None]
 
 
 def read(path: str, types: Mapping[str, BackendType] = TYPES) -> BackendsFile:
@@ -59,12 +78,13 @@ def _parse(path: str, data: bytes | str, types: Mapping[str, BackendType]) -> tu
         plain = _fast_yaml().load(text)
     except Exception:
         plain = _INVALID
+    answers: _Answers = {}
     if plain is not _INVALID:
-        backends, order, problems = _validate(path, plain, types)
+        backends, order, problems = _validate(path, plain, types, answers)
         if not problems:
             return BackendsFile(path, text, digest_of(raw), MappingProxyType(backends)), order
     doc, _ = _load_doc(path, text)
-    backends, order, problems = _validate(path, doc, types)
+    backends, order, problems = _validate(path, doc, types, answers)
     if problems:
         raise FileInvalid(problems)
     return BackendsFile(path, text, digest_of(raw), MappingProxyType(backends)), order
@@ -94,10 +114,11 @@ def _fast_yaml() -> YAML:
     return yaml
 
 
-def _validate(path: str, doc: Any, types: Mapping[str, BackendType]) -> tuple[dict[int, BackendDef], list[int],
-                                                                               list[Problem]]:
+def _validate(path: str, doc: Any, types: Mapping[str, BackendType], answers: _Answers | None = None
+              ) -> tuple[dict[int, BackendDef], list[int], list[Problem]]:
     """Check a loaded document (round-trip or plain): (backends sorted by id, ids in file order, problems).
-    Positions are exact for round-trip documents."""
+    Positions are exact for round-trip documents. `answers` keeps the machine checks' answers across calls."""
+    answers = {} if answers is None else answers
     problems: list[Problem] = []
     backends: dict[int, BackendDef] = {}
     order: list[int] = []
@@ -124,7 +145,8 @@ def _validate(path: str, doc: Any, types: Mapping[str, BackendType]) -> tuple[di
                                     f"backend id {_shown_id(key)}: expected a non-negative integer"))
             continue
         order.append(key)
-        backend, found = _parse_backend(path, key, entry, lambda e=entries, k=key: key_position(e, k), types)
+        backend, found = _parse_backend(path, key, entry, lambda e=entries, k=key: key_position(e, k), types,
+                                        answers)
         problems.extend(found)
         if backend is not None:
             backends[key] = backend
@@ -149,7 +171,8 @@ def _is_plain(value: Any) -> bool:
 
 
 def _parse_backend(path: str, backend_id: int, entry: Any, at: Callable[[], tuple[int, int]],
-                   types: Mapping[str, BackendType]) -> tuple[BackendDef | None, list[Problem]]:
+                   types: Mapping[str, BackendType], answers: _Answers | None = None
+                   ) -> tuple[BackendDef | None, list[Problem]]:
     where = f"backends.{_shown_id(backend_id)}"
     if not isinstance(entry, Mapping):
         return None, [Problem(path, *at(), f"{where}: expected a mapping with type, title, enabled, settings")]
@@ -205,9 +228,28 @@ def _parse_backend(path: str, backend_id: int, entry: Any, at: Callable[[], tupl
                 settings[name] = spec.from_file(value)
             except SettingError as err:
                 problems.append(Problem(path, *key_position(raw_settings, name), f"settings.{name}: {err}"))
+                continue
+            message = _machine_check(name, settings[name], {} if answers is None else answers)
+            if message is not None:
+                problems.append(Problem(path, *key_position(raw_settings, name), f"settings.{name}: {message}"))
     if problems or backend_type is None:
         return None, problems
     return BackendDef(backend_id, backend_type.id, title, enabled, settings), []
+
+
+def _machine_check(name: str, value: Any, answers: _Answers) -> str | None:
+    """The problem `MACHINE_CHECKS` find with setting `name` = `value` (None: none, or no check). Blocks."""
+    check = MACHINE_CHECKS.get(name)
+    if check is None or not isinstance(value, str) or not value:
+        return None
+    key = (name, value)
+    if key not in answers:
+        try:
+            check(value)
+            answers[key] = None
+        except SettingError as err:
+            answers[key] = str(err)
+    return answers[key]
 
 
 def key_position(node: Any, key: Any) -> tuple[int, int]:

@@ -1,21 +1,345 @@
-"""The guardian: a tiny process that kills every backend group when the daemon goes away.
+"""The guardian: a tiny process that kills every backend's processes when the daemon goes away -- and the
+stdlib-only core that finds a start's processes, which the daemon imports too.
 
-Run by the daemon as `python -I -S guardian.py` with a pipe on stdin. The daemon writes `+PGID` when a
-backend starts and `-PGID` when its group is gone. When the pipe closes -- the daemon exited, cleanly or by
-SIGKILL -- every group still listed gets SIGKILL, grandchildren included. It ignores the terminal's and
-systemd's polite signals: its only job is to outlive the daemon by a few milliseconds.
+Run by the daemon as `python -I -S guardian.py` with a pipe on stdin. The daemon writes, one line each:
+
+    I<instance>                   the daemon's instance: its starts' tokens are `<instance>.<n>`
+    R<pid> <start> <sid> <pgrp>   the daemon (its pid, start time, session, group -- never read from
+                                  /proc later: by then the pid may be someone else's) is its backends'
+                                  child subreaper: its children are theirs
+    +<pgid> <start> [<token> [<cgroup>]]
+                                  a start began; its leader (start time <start>, 0 if unknown) leads
+                                  process group and session <pgid>
+    -<pgid>                       that start is over (its leftovers were killed)
+
+When the pipe closes -- the daemon exited, cleanly or by SIGKILL -- the guardian SIGKILLs every listed
+group (while its number is still the start's: its leader alive, or dead and not replaced by a stranger of
+the same pid) and every listed cgroup (`cgroup.kill`), then, round after round until a round finds nothing new,
+every process that carries one of the instance's tokens in its environment (a process that left its group
+with setsid or a double fork keeps it), every child the daemon still has (after `R`: the orphans it
+adopted; on a clean shutdown the daemon waits for the guardian, so all of them), and everything
+reachable from those: their children, their sessions, their groups. Then it removes the listed cgroups.
+It ignores the terminal's and systemd's polite signals: its only job is to outlive the daemon by a few
+milliseconds.
 
 Stdlib only and no imports of swarmd: it starts in a few milliseconds with site disabled.
 """
 
+from __future__ import annotations
+
 import os
 import signal
+import time
+from collections import deque
+from typing import NamedTuple
+
+#: The environment variable that marks every process of a backend start: `<instance>.<n>`.
+TOKEN_VAR = "SWARMD_START"
+_TOKEN_KEY = TOKEN_VAR.encode() + b"="
+#: At most this many rounds of look-and-kill (a round finds what forked while the last one killed).
+ROUNDS = 10
+
+
+class Proc(NamedTuple):
+    """One process as /proc/PID/stat shows it."""
+
+    pid: int
+    ppid: int
+    pgrp: int
+    sid: int
+    starttime: int  # clock ticks after boot
+    zombie: bool
+    comm: str
+
+
+def _read(path: str, limit: int = 1 << 22) -> bytes | None:
+    """The whole file (up to `limit` bytes), or None when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def parse_stat(data: bytes) -> Proc | None:
+    """A Proc from the text of /proc/PID/stat (the command name may hold spaces and parentheses)."""
+    head, sep, rest = data.rpartition(b")")
+    pid_text, _, comm = head.partition(b" (")
+    fields = rest.split()
+    if not sep or len(fields) < 20:
+        return None
+    try:
+        return Proc(int(pid_text), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]),
+                    fields[0] in (b"Z", b"X"), comm.decode("utf-8", "replace"))
+    except ValueError:
+        return None
+
+
+def read_procs(proc: str = "/proc", read=None) -> dict[int, Proc]:
+    """Every process of the machine (of this pid namespace), by pid. `read(path, limit)` reads each stat
+    file (default: `_read`)."""
+    read = read or _read
+    found = {}
+    try:
+        names = os.listdir(proc + "/")  # (a path under /proc/, as everything else the daemon reads there)
+    except OSError:
+        return found
+    for name in names:
+        if name.isdigit():
+            data = read(f"{proc}/{name}/stat", 4096)
+            parsed = parse_stat(data) if data else None
+            if parsed is not None:
+                found[parsed.pid] = parsed
+    return found
+
+
+def token_in(environ: bytes) -> str | None:
+    """The value of SWARMD_START in the text of a /proc/PID/environ (the first one, as getenv sees it)."""
+    if environ.startswith(_TOKEN_KEY):
+        begin = len(_TOKEN_KEY)
+    else:
+        at = environ.find(b"\0" + _TOKEN_KEY)
+        if at < 0:
+            return None
+        begin = at + 1 + len(_TOKEN_KEY)
+    end = environ.find(b"\0", begin)
+    return environ[begin:end if end >= 0 else len(environ)].decode("utf-8", "replace")
+
+
+def read_token(pid: int, proc: str = "/proc") -> str | None:
+    """The start token of process `pid`: None without one, or when its environment cannot be read (another
+    user's process, unless root; a zombie)."""
+    environ = _read(f"{proc}/{pid}/environ")
+    return token_in(environ) if environ else None
+
+
+def read_cgroup(pid: int, proc: str = "/proc") -> str | None:
+    """The cgroup v2 path of process `pid` (`/system.slice/x.service/start-1`), None when unknown."""
+    data = _read(f"{proc}/{pid}/cgroup", 65536)
+    for line in (data or b"").splitlines():
+        if line.startswith(b"0::"):
+            return line[3:].decode("utf-8", "replace")
+    return None
+
+
+def propagate(procs: dict[int, Proc], seeds: dict[int, object], barrier: set[int]) -> dict[int, object]:
+    """Label every process reachable from a seed: a process gets the label of its parent, and every process
+    of a session or group gets the label of a labelled member. Seeds keep their own labels. The processes
+    of `barrier` (the daemon, the guardian) are never labelled, and their sessions and groups never spread
+    a label."""
+    children: dict[int, list[int]] = {}
+    by_sid: dict[int, list[int]] = {}
+    by_pgrp: dict[int, list[int]] = {}
+    for p in procs.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+        by_sid.setdefault(p.sid, []).append(p.pid)
+        by_pgrp.setdefault(p.pgrp, []).append(p.pid)
+    closed_sids = {0} | {procs[pid].sid for pid in barrier if pid in procs}
+    closed_pgrps = {0} | {procs[pid].pgrp for pid in barrier if pid in procs}
+    labels = {pid: label for pid, label in seeds.items() if pid in procs and pid not in barrier}
+    queue = deque(labels)
+    while queue:
+        pid = queue.popleft()
+        label, p = labels[pid], procs[pid]
+        reached = list(children.get(pid, ()))
+        if p.sid not in closed_sids:
+            closed_sids.add(p.sid)  # one expansion per session is enough
+            reached += by_sid.get(p.sid, ())
+        if p.pgrp not in closed_pgrps:
+            closed_pgrps.add(p.pgrp)
+            reached += by_pgrp.get(p.pgrp, ())
+        for other in reached:
+            if other not in labels and other not in barrier:
+                labels[other] = label
+                queue.append(other)
+    return labels
+
+
+def kill(p: Proc, signum: int = signal.SIGKILL, proc: str = "/proc") -> bool:
+    """Send `signum` to the process `p` describes -- through a pidfd checked against its start time, so
+    that a pid reused since the snapshot is never hit. False when it is gone."""
+    try:
+        fd = os.pidfd_open(p.pid)
+    except (AttributeError, OSError) as err:
+        if isinstance(err, ProcessLookupError):
+            return False
+        try:  # no pidfd (old kernel): the plain way
+            os.kill(p.pid, signum)
+            return True
+        except OSError:
+            return False
+    try:
+        data = _read(f"{proc}/{p.pid}/stat", 4096)
+        now = parse_stat(data) if data else None
+        if now is None or now.starttime != p.starttime:
+            return False
+        signal.pidfd_send_signal(fd, signum)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def cgroup_pids(directory: str) -> list[int]:
+    data = _read(os.path.join(directory, "cgroup.procs"))
+    return [int(line) for line in (data or b"").split() if line.isdigit()]
+
+
+def kill_cgroup(directory: str) -> None:
+    """SIGKILL every process of a cgroup: `cgroup.kill` (Linux 5.14+), else each pid it lists, a few times
+    over (what forks meanwhile is listed next time)."""
+    try:
+        fd = os.open(os.path.join(directory, "cgroup.kill"), os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            os.write(fd, b"1")
+            return
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    for _ in range(ROUNDS):
+        pids = cgroup_pids(directory)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def remove_cgroup(directory: str, patience: float = 0.0) -> bool:
+    """rmdir a cgroup, retrying for `patience` seconds while its killed processes finish dying."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            os.rmdir(directory)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+
+def kill_rounds(find, proc: str = "/proc") -> list[Proc]:
+    """SIGKILL what `find()` returns, again and again until it returns nothing new. The killed Procs."""
+    killed: dict[tuple[int, int], Proc] = {}
+    for _ in range(ROUNDS):
+        fresh = [p for p in find() if not p.zombie and (p.pid, p.starttime) not in killed]
+        if not fresh:
+            break
+        for p in fresh:
+            killed[(p.pid, p.starttime)] = p
+            kill(p, signal.SIGKILL, proc)
+    return list(killed.values())
+
+
+# -- the guardian process -------------------------------------------------------------------------------------
+
+
+def _still_ours(pgid: int, leader_start: int, proc: str = "/proc") -> bool:
+    """Whether group/session number `pgid` is still the start's: its leader is the same process (the same
+    start time), or gone -- then the number stays reserved while members of the group live."""
+    data = _read(f"{proc}/{pgid}/stat", 4096)
+    now = parse_stat(data) if data else None
+    return now is None or not leader_start or now.starttime == leader_start
+
+
+def kill_everything(instance: str, starts: dict[int, tuple[int, str, str]], daemon: Proc | None = None,
+                    proc: str = "/proc") -> None:
+    """What the guardian does when the daemon is gone: see the module docstring. `starts` maps each listed
+    pgid to its leader's start time (0: unknown), token and cgroup directory (either possibly empty).
+    `daemon` (as the daemon told), when it is the backends' subreaper: its children are killed too --
+    while its pid is still its own (the same start time) and it is not PID 1."""
+    me = os.getpid()
+    for pgid, (leader_start, _, _) in starts.items():
+        if _still_ours(pgid, leader_start, proc):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+    cgroups = [cgroup for _, _, cgroup in starts.values() if cgroup]
+    for cgroup in cgroups:
+        kill_cgroup(cgroup)
+    prefix = f"{instance}." if instance else None
+
+    def find() -> list[Proc]:
+        procs = read_procs(proc)
+        groups = {pgid for pgid, (leader_start, _, _) in starts.items()
+                  if pgid not in procs or not leader_start or procs[pgid].starttime == leader_start}
+        barrier = {me}
+        parent = None  # the daemon, while its pid is still its own
+        if daemon is not None and daemon.pid > 1 and \
+                procs.setdefault(daemon.pid, daemon).starttime == daemon.starttime:
+            parent = daemon.pid  # (gone, it stays in the table: its session and group spread nothing)
+            barrier.add(parent)
+        seeds: dict[int, object] = {}
+        for p in procs.values():
+            if p.pgrp in groups or p.sid in groups or (parent is not None and p.ppid == parent):
+                seeds[p.pid] = True
+        for cgroup in cgroups:
+            seeds.update((pid, True) for pid in cgroup_pids(cgroup) if pid in procs)
+        if prefix:
+            for pid in procs:
+                if pid not in seeds:
+                    token = read_token(pid, proc)
+                    if token is not None and token.startswith(prefix):
+                        seeds[pid] = True
+        return [procs[pid] for pid in propagate(procs, seeds, barrier)]
+
+    kill_rounds(find, proc)
+    for cgroup in cgroups:
+        remove_cgroup(cgroup, patience=2.0)
+
+
+class Orders:
+    """What the daemon has told the guardian so far: the lines of the module docstring."""
+
+    def __init__(self) -> None:
+        self.instance = ""
+        self.starts: dict[int, tuple[int, str, str]] = {}  # pgid -> (leader's start time, token, cgroup)
+        self.daemon: Proc | None = None
+
+    def take(self, text: str) -> None:
+        """One line (without its newline); a malformed one is ignored."""
+        try:
+            if text[:1] == "I":
+                self.instance = text[1:]
+            elif text[:1] == "R":
+                pid, start, sid, pgrp = (int(field) for field in text[1:].split())
+                self.daemon = Proc(pid, 0, pgrp, sid, start, False, "swarmd")
+            elif text[:1] == "+":
+                pgid, leader_start, token, cgroup = (text[1:].split(" ", 3) + ["", "", ""])[:4]
+                self.starts[int(pgid)] = (int(leader_start or 0), token, cgroup)
+            elif text[:1] == "-":
+                self.starts.pop(int(text[1:]), None)
+        except ValueError:
+            pass
 
 
 def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
-    groups: set[int] = set()
+    orders = Orders()
     pending = b""
     while True:
         try:
@@ -27,15 +351,8 @@ def main() -> None:
         pending += data
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            if line[:1] == b"+":
-                groups.add(int(line[1:]))
-            elif line[:1] == b"-":
-                groups.discard(int(line[1:]))
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except OSError:
-            pass
+            orders.take(line.decode("utf-8", "surrogateescape"))
+    kill_everything(orders.instance, orders.starts, orders.daemon)
 
 
 if __name__ == "__main__":

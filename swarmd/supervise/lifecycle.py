@@ -38,12 +38,15 @@ Transitions of a process backend (`*` is any state; "then" is what follows the s
     STARTING           Spawned                                       LOADING   ArmTimer READY, WatchReady
     STARTING           SpawnFailed                                   ERRORED   Log
     STARTING           StartRefused                                  DISABLED  Log
+    STARTING           StartFailed       policy restarts             BACKOFF   ArmTimer DELAY, Log
+    STARTING           StartFailed       policy settles              ERRORED   Log
     STARTING           StopRequested     the spawn is not done yet   DISABLED  (the shell spawns only in STARTING)
     DISABLED, ERRORED  Spawned           a spawn that lost the race  (same)    SignalGroup SIGKILL
     LOADING            Ready                                         RUNNING   CancelTimer READY, ArmTimer STABLE, Log
     LOADING            ReadyTimedOut                                 STOPPING  CancelReady, SignalGroup, ArmTimer STOP, Log
     RUNNING            Stable                                        RUNNING   (failures forgotten)
     LOADING, RUNNING   Exited            policy restarts             BACKOFF   CancelReady, ArmTimer DELAY, Log
+    LOADING, RUNNING   Exited            restarts, restart_delay 0   STARTING  CancelReady, Spawn, Log
     LOADING, RUNNING   Exited            policy settles              ERRORED   CancelReady, Log (DISABLED for a clean exit)
     LOADING, RUNNING   StopRequested                                 STOPPING  CancelReady, SignalGroup, ArmTimer STOP
     LOADING, RUNNING   RestartRequested  wanted                      STOPPING  CancelReady, SignalGroup, ArmTimer STOP
@@ -182,6 +185,14 @@ class SpawnFailed:
 
 
 @dataclass(frozen=True)
+class StartFailed:
+    """This start cannot run now but may later (its fixed port is held by another process): a failed
+    start for the restart policy, backoff and start limit included."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class StartRefused:
     """The settings cannot start anything (no command, no address)."""
 
@@ -197,6 +208,7 @@ class Ready:
 class Exited:
     pid: int
     exit: ExitInfo
+    cause: str = ""  # the most telling line of its last output (see shell.telling_line), if any
 
 
 @dataclass(frozen=True)
@@ -237,7 +249,7 @@ class Faulted:
 
 
 Event = (StartRequested | StopRequested | RestartRequested | KillRequested | Reconfigured | Spawned
-         | SpawnFailed | StartRefused | Ready | Exited | ReadyTimedOut | Stable | DelayElapsed | StopTimedOut
+         | SpawnFailed | StartFailed | StartRefused | Ready | Exited | ReadyTimedOut | Stable | DelayElapsed | StopTimedOut
          | RemoteUp | RemoteDown | Faulted)
 
 #: The event each timer delivers when it fires.
@@ -466,6 +478,13 @@ class Lifecycle:
     def _on_SpawnFailed(self, event: SpawnFailed, now: float, out: list[Effect]) -> None:
         self._not_started(State.ERRORED, event.message, logging.ERROR, out)
 
+    def _on_StartFailed(self, event: StartFailed, now: float, out: list[Effect]) -> None:
+        if self.state is not State.STARTING:
+            return
+        self._start_times.append(now)  # an attempt: the start limit counts it
+        self._forget_starts_before(now - self.config.start_limit_interval)
+        self._after_exit(now, event.message, True, out, pid=None)
+
     def _on_StartRefused(self, event: StartRefused, now: float, out: list[Effect]) -> None:
         if self.config.remote and self.state in _REMOTE:
             out.append(Monitor(False))
@@ -512,10 +531,11 @@ class Lifecycle:
         if state is State.STOPPING:
             out.append(CancelTimer(Timer.STOP))
             then, self._then = self._then, None
-            self._settle(then, now, out, pid=event.pid)
+            self._settle(then, now, out, pid=event.pid, cause=event.cause)
         elif state in _ALIVE:
             out += [CancelReady(), CancelTimer(Timer.READY), CancelTimer(Timer.STABLE)]
-            self._after_exit(now, event.exit.describe(), not event.exit.success, out, pid=event.pid)
+            self._after_exit(now, event.exit.describe(), not event.exit.success, out, pid=event.pid,
+                             cause=event.cause)
         # Any other state: a faulted process that has now ended; the exit is recorded above.
 
     def _on_DelayElapsed(self, event: DelayElapsed, now: float, out: list[Effect]) -> None:
@@ -547,8 +567,8 @@ class Lifecycle:
     def _set(self, state: State, message: str) -> None:
         self.state, self.message = state, message
 
-    def _spawn(self, out: list[Effect]) -> None:
-        self._set(State.STARTING, "Waiting to load...")
+    def _spawn(self, out: list[Effect], message: str = "Waiting to load...") -> None:
+        self._set(State.STARTING, message)
         out.append(Spawn())
 
     def _stop(self, then: _Then, out: list[Effect], *, message: str | None = None,
@@ -560,13 +580,14 @@ class Lifecycle:
         out += [CancelReady(), CancelTimer(Timer.READY), CancelTimer(Timer.STABLE),
                 SignalGroup(config.stop_signal), ArmTimer(Timer.STOP, config.stop_timeout)]
 
-    def _settle(self, then: _Then | None, now: float | None, out: list[Effect], pid: int | None = None) -> None:
+    def _settle(self, then: _Then | None, now: float | None, out: list[Effect], pid: int | None = None,
+                cause: str = "") -> None:
         """The stop in progress is over: do what was planned."""
         if isinstance(then, _StartAgain) and self.wanted:
             self._start_from_rest(out)
         elif isinstance(then, _Failed) and now is not None:
             exit_text = self.last_exit.describe() if self.last_exit else "stopped"
-            self._after_exit(now, f"{then.text} (then {exit_text})", True, out, pid=pid)
+            self._after_exit(now, f"{then.text}, then {exit_text}", True, out, pid=pid, cause=cause)
         elif isinstance(then, _Settle):
             self._set(then.state, then.message)
         else:
@@ -579,16 +600,23 @@ class Lifecycle:
         else:
             self._spawn(out)
 
-    def _after_exit(self, now: float, text: str, failed: bool, out: list[Effect], *, pid: int | None) -> None:
-        """The policy's decision after an exit nobody asked for; logged with the process's last output."""
+    def _after_exit(self, now: float, text: str, failed: bool, out: list[Effect], *, pid: int | None,
+                    cause: str = "") -> None:
+        """The policy's decision after an exit nobody asked for; logged with the process's last output.
+
+        The status message reads `<what happened> (<what the policy does>): <cause>` -- the cause, the most
+        telling line of the process's output, last, where a person's eye ends:
+        `exited with status 2 (restart 1 in 0.2 s): main.py: error: unrecognized arguments: --x`.
+        """
         policy = self.config.restart
         who = f"pid {pid} " if pid is not None else ""
+        tail = f": {cause}" if cause else ""
         if not (policy == "always" or (policy == "on-failure" and failed)):
             if failed:
-                self._set(State.ERRORED, f"{text} (restart: {policy}); start it again with a restart once fixed")
+                self._set(State.ERRORED, f"{text} (restart: {policy}; restart it once fixed){tail}")
                 out.append(Log(logging.ERROR, who + self.message, tail=True))
             else:
-                self._set(State.DISABLED, f"{text} (restart: {policy})")
+                self._set(State.DISABLED, f"{text} (restart: {policy}){tail}")
                 out.append(Log(logging.INFO, who + self.message, tail=True))
             return
         self.consecutive_exits += 1
@@ -596,12 +624,17 @@ class Lifecycle:
         burst = self.config.start_limit_burst
         if self.starts_in_window(now + delay) >= burst:
             self._set(State.ERRORED, (
-                f"{text}; gave up after {burst} starts within {_seconds(self.config.start_limit_interval)} "
-                "(start_limit_burst). Fix the cause, then restart it (swarmctl restart ID, or RestartBackends)."))
+                f"{text} (gave up after {burst} starts within {_seconds(self.config.start_limit_interval)}, "
+                "start_limit_burst: fix the cause, then restart it with swarmctl restart ID or "
+                f"RestartBackends){tail}"))
             out.append(Log(logging.ERROR, who + self.message, tail=True))
             return
         self.restarts += 1
-        self._set(State.BACKOFF, f"{text}; restart {self.consecutive_exits} in {_seconds(delay)}")
+        if delay <= 0:  # no backoff to wait out (restart_delay 0): start again now
+            self._spawn(out, f"{text} (restart {self.consecutive_exits} now){tail}")
+            out.append(Log(logging.WARNING, who + self.message, tail=True))
+            return
+        self._set(State.BACKOFF, f"{text} (restart {self.consecutive_exits} in {_seconds(delay)}){tail}")
         out += [ArmTimer(Timer.DELAY, delay), Log(logging.WARNING, who + self.message, tail=True)]
 
     def next_delay(self) -> float:

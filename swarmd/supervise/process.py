@@ -1,4 +1,5 @@
-"""Child processes: spawn in their own group, notice exit through pidfd, signal the group, never orphan.
+"""Child processes: spawn in their own group, notice exit through pidfd, signal the group, never orphan --
+not even what escapes the group.
 
 Theory of operation
 -------------------
@@ -7,12 +8,47 @@ Theory of operation
   stdin from /dev/null, and stdout/stderr pipes that its shell reads chunk by chunk.
 * Exit is noticed by waiting for the child's pidfd to become readable (~0.3 ms after death), then reaping
   it with a non-blocking waitpid. No polling anywhere.
+* Stopping is a ladder -- `stop_signal`, then SIGKILL after `stop_timeout` -- decided by the backend's
+  lifecycle (supervise/lifecycle.py) and carried out here: each signal goes to the whole group at once
+  (`kill_group`), and to the start's escaped processes a moment later (a sweep, below), as systemd's
+  KillMode=control-group would. When the leader exits, the rest of its group is SIGKILLed as it is reaped,
+  and every other process of the start by the sweep that `wait()` waits for.
+
+Escapes. A process that calls setsid() (a double fork, `setsid`, `nohup ... &` in its own session)
+leaves the group, so group signals miss it. Every start is therefore marked in ways a descendant keeps
+whatever session or group it moves to -- a `Containment` (one per daemon) owns them:
+
+* the token: `SWARMD_START=<instance>.<n>` in the environment of each start, unique per start and per
+  daemon instance, inherited by every descendant that does not clear its environment (found in
+  /proc/PID/environ, which the daemon's user -- or root -- may read);
+* the child subreaper (daemon only: `prctl(PR_SET_CHILD_SUBREAPER)`): an orphan is re-parented to the
+  daemon, not to PID 1, so every process of every start stays a descendant of the daemon -- the set a sweep
+  looks at -- and one that cleared its environment is still found: through its parent while that lives,
+  through its session or group, or, orphaned with none of them, as an orphan of the daemon. The daemon
+  reaps the orphans it adopts: on SIGCHLD it peeks with waitid(WNOWAIT) and reaps each zombie child that
+  is not a leader (those belong to `Child.wait`, through their pidfd and Popen) nor the guardian; when a
+  leader's zombie hides the rest, a sweep lists them. The daemon forks nothing but leaders and the
+  guardian, and only on the trio thread, so a zombie it does not know is always an adopted orphan;
+* its own cgroup, where the daemon has a delegated cgroup v2 subtree (see swarmd/cgroups.py): exact
+  membership, limits (memory_max, cpu_weight), and `cgroup.kill`.
+
+A sweep -- a /proc walk in a worker thread, batched: one walk serves every request made before it began
+-- labels each process with its start (leader, token, cgroup, or the start's group/session; then by
+propagation to children, sessions and groups) and SIGKILLs, round after round until none is new, each
+process of a start that is over. A labelled orphan is killed only when no start still running can own
+it: when it is older than every running start (its start time against theirs). What it knows of running
+starts is a snapshot from the event loop: a start begun after the snapshot (its token's number is higher)
+and an unattributed orphan younger than the snapshot are never touched.
+
 * Nothing outlives the daemon. A `Guardian` -- one small helper process started at daemon start -- holds
-  the read end of a pipe and the list of live process groups. When the pipe closes (the daemon exited or
-  was SIGKILLed) it SIGKILLs every group it knows. Registration happens right after fork, synchronously.
-* Stopping is a ladder -- `stop_signal` to the whole group, SIGKILL after `stop_timeout` -- decided by the
-  backend's lifecycle (supervise/lifecycle.py) and carried out here with `kill_group`. Grandchildren left
-  in the group after the leader exits are killed as the leader is reaped.
+  the read end of a pipe and the list of live starts (group, token, cgroup). When the pipe closes (the
+  daemon exited or was SIGKILLed) it SIGKILLs every group, every cgroup, every process carrying one of
+  the instance's tokens, and, the daemon being subreaper, every child the daemon still has, with their
+  descendants, sessions and groups (supervise/guardian.py). At a clean shutdown the daemon waits for it:
+  that is how the orphans nothing attributes die with the daemon.
+  Registration happens right after fork, synchronously; a start leaves the list once swept. Left out: an
+  orphan that cleared its environment and left its group outlives a SIGKILLed daemon unless a delegated
+  cgroup holds it (systemd's unit cgroup does, under systemd).
 * Children get default signal dispositions: the daemon resets inherited SIG_IGN dispositions and the
   signal mask at start (`normalize_signals`), so nothing it inherited leaks into backends; caught signals
   are reset by exec anyway.
@@ -23,14 +59,18 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
+from swarmd import accounts, cgroups
+from swarmd.supervise import guardian as core
 from swarmd.types import LaunchSpec
 
 log = logging.getLogger("swarmd.process")
@@ -100,21 +140,428 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-# -- the guardian ------------------------------------------------------------------------------------------
+# -- containment: what finds a start's processes, wherever they went ---------------------------------------
 
 GUARDIAN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guardian.py")
+TOKEN_VAR = core.TOKEN_VAR
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the child subreaper of its descendants: their orphans are re-parented to it, not
+    to PID 1. False where the kernel refuses."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def boot_ticks() -> int:
+    """Now, in the unit of the start time in /proc/PID/stat: clock ticks since boot, rounded down as the
+    kernel rounds a process's start time."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK") // 1_000_000_000
+
+
+def _stat_reader() -> Callable[[str, int], bytes | None]:
+    """A reader of /proc/PID/stat files that keeps the GIL through its system calls (libc through
+    ctypes.PyDLL). A sweep reads one such file per process in a worker thread; os.open, os.read and
+    os.close each hand the GIL back, and with another thread busy (a reload parsing a big file) each then
+    waits for it up to sys.getswitchinterval(): a sweep of 100 processes took 0.3-0.6 s so, ~1 ms alone.
+    Only stat files: they are read without locks a stuck process could hold (environ and cmdline need its
+    mmap lock), so holding the GIL meanwhile stalls nobody. Falls back to `os` where ctypes fails."""
+    try:
+        import ctypes
+
+        libc = ctypes.PyDLL(None, use_errno=True)
+        c_open, c_read, c_close = libc.open, libc.read, libc.close
+        c_open.argtypes, c_open.restype = [ctypes.c_char_p, ctypes.c_int], ctypes.c_int
+        c_read.argtypes, c_read.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_ssize_t
+        c_close.argtypes, c_close.restype = [ctypes.c_int], ctypes.c_int
+    except (OSError, AttributeError):
+        return core._read
+    flags = os.O_RDONLY | os.O_CLOEXEC
+
+    def read(path: str, limit: int = 4096) -> bytes | None:
+        fd = c_open(os.fsencode(path), flags)
+        if fd < 0:
+            return None
+        try:
+            buffer = ctypes.create_string_buffer(limit)
+            size = c_read(fd, buffer, limit)
+            return buffer.raw[:size] if size > 0 else None
+        finally:
+            c_close(fd)
+
+    return read
+
+
+_read_stat = _stat_reader()
+
+
+@dataclass(eq=False)
+class Start:
+    """One start of a backend as containment knows it, from just before its fork until it is swept."""
+
+    number: int
+    token: str
+    born: int  # boot ticks just before the fork: every process of this start is at least as young
+    cgroup: str | None = None
+    pid: int = 0  # the leader, which leads the start's session and group; 0 until spawned
+    leader_start: int = 0  # its start time (boot ticks), 0 when unknown
+    ending: bool = False  # the leader has exited: what is left of the start is killed
+
+
+@dataclass(frozen=True)
+class _View:
+    """What one sweep knows of the daemon, taken on the event loop as the sweep begins."""
+
+    daemon: int
+    guardian: int | None
+    instance: str
+    subreaper: bool
+    cgroups: bool
+    starts: dict[int, tuple[int, int, bool]]  # number -> (born, leader pid, ending)
+    leaders: dict[int, int]  # leader pid -> start number, while unreaped
+    newest: int  # the highest start number so far: a higher one began after this view
+    now: int  # boot ticks as the view was taken: a younger process may belong to a start begun since
+    signals: tuple[tuple[int, int, int], ...]  # (start number, signal, its pgid): to its escaped processes
+    rmdirs: tuple[str, ...]  # cgroups to remove
+
+
+@dataclass
+class _Swept:
+    killed: list[tuple[core.Proc, object]]  # with their labels
+    zombies: list[int]  # zombie children of the daemon at the last look
+    kept: list[str]  # cgroups that could not be removed yet
+
+
+def _ours(procs: dict[int, core.Proc], view: _View) -> dict[int, core.Proc]:
+    """The processes a sweep looks at: as subreaper, the daemon's descendants (every process of every
+    start is one); otherwise every process. The daemon and the guardian stay in (`_attribute` never labels
+    them, and their sessions and groups spread no label)."""
+    if not view.subreaper:
+        return procs
+    children: dict[int, list[int]] = {}
+    for p in procs.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    found = {pid: procs[pid] for pid in (view.daemon, view.guardian) if pid in procs}
+    stack = [pid for pid in children.get(view.daemon, ()) if pid != view.guardian]
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found[pid] = procs[pid]
+            stack.extend(children.get(pid, ()))
+    return found
+
+
+def _attribute(procs: dict[int, core.Proc], view: _View) -> dict[int, object]:
+    """Label each process with the number of its start, or ("orphan", root pid) for a subreaper's orphan
+    that nothing attributes (and what descends from it); unlabelled processes are not the daemon's."""
+    # A start's group and session: while its leader lives, their number cannot be anyone else's; after, as
+    # subreaper only, among the daemon's descendants (a number freed can be a stranger's new group).
+    by_group = {pid: number for number, (_, pid, ending) in view.starts.items()
+                if pid and (view.subreaper or not ending)}
+    prefix = view.instance + "."
+    seeds: dict[int, object] = {}
+    for p in procs.values():
+        number = view.leaders.get(p.pid) or by_group.get(p.pgrp) or by_group.get(p.sid)
+        if number is None:
+            token = core.read_token(p.pid)
+            if token is not None and token.startswith(prefix) and token[len(prefix):].isdigit():
+                number = int(token[len(prefix):])
+        if number is None and view.cgroups:
+            path = core.read_cgroup(p.pid)
+            number = cgroups.start_number(path, view.instance) if path else None
+        if number is not None:
+            seeds[p.pid] = number
+    barrier = {view.daemon} | ({view.guardian} if view.guardian else set())
+    labels = core.propagate(procs, seeds, barrier)
+    if view.subreaper:
+        orphans = {p.pid: ("orphan", p.pid) for p in procs.values()
+                   if p.ppid == view.daemon and p.pid not in labels and p.pid not in barrier and not p.zombie}
+        if orphans:
+            labels = core.propagate(procs, {**labels, **orphans}, barrier)
+    return labels
+
+
+def _sweep(view: _View) -> _Swept:
+    """One sweep (in a worker thread): signal the escaped processes of running starts as asked, SIGKILL
+    every process of a start that is over, remove the cgroups asked."""
+    oldest_running = min([born for born, _, ending in view.starts.values() if not ending] + [view.now])
+    signals = list(view.signals)
+    labels_of: dict[tuple[int, int], object] = {}
+    last: dict[int, core.Proc] = {}
+
+    def doomed(label: object, procs: dict[int, core.Proc]) -> bool:
+        if isinstance(label, int):
+            start = view.starts.get(label)
+            return start[2] if start is not None else label <= view.newest
+        _, root = label  # type: ignore[misc]
+        return procs[root].starttime < oldest_running
+
+    def find() -> list[core.Proc]:
+        nonlocal signals, last
+        last = core.read_procs(read=_read_stat)
+        procs = _ours(last, view)
+        labels = _attribute(procs, view)
+        for number, signum, pgid in signals:
+            for pid, label in labels.items():
+                p = procs[pid]
+                if label == number and p.pgrp != pgid and not p.zombie:
+                    core.kill(p, signum)
+        signals = []
+        found = [procs[pid] for pid, label in labels.items() if doomed(label, procs)]
+        labels_of.update(((p.pid, p.starttime), labels[p.pid]) for p in found)
+        return found
+
+    killed = core.kill_rounds(find)
+    zombies = [p.pid for p in last.values() if p.zombie and p.ppid == view.daemon]
+    kept = [path for path in view.rmdirs if not core.remove_cgroup(path)]
+    return _Swept([(p, labels_of[(p.pid, p.starttime)]) for p in killed], zombies, kept)
+
+
+#: Seconds between a request for a sweep and the sweep (see Containment._drive).
+SWEEP_DELAY = 0.02
+
+
+class Containment:
+    """Every start's marks (token, cgroup), the sweeps that find and kill what a start leaves, and, as
+    subreaper, the reaping of adopted orphans. See the module docstring.
+
+    `Containment()` marks starts with tokens and sweeps by them (what an in-process Fleet gets);
+    `for_daemon()` adds the subreaper and the delegated cgroup where there is one."""
+
+    def __init__(self, *, subreaper: bool = False, subtree: cgroups.Subtree | None = None) -> None:
+        self.instance = secrets.token_hex(6)
+        self.subreaper = subreaper
+        self.subtree = subtree
+        data = core._read("/proc/self/stat", 4096) if subreaper else None
+        self.me = core.parse_stat(data) if data else None  # the daemon, as its guardian must know it
+        self.guardian: Guardian | None = None  # set by the Guardian that owns this
+        self._newest = 0
+        self._starts: dict[int, Start] = {}
+        self._leaders: dict[int, Start] = {}
+        self._signals: list[tuple[int, int, int]] = []
+        self._rmdirs: list[str] = []
+        self._next: trio.Event | None = None
+        self._driving = False
+        self._warned: set[str] = set()
+
+    @classmethod
+    async def for_daemon(cls) -> Containment:
+        """The daemon's: subreaper, and the delegated cgroup when there is one (the daemon moves into its
+        `supervisor/` leaf). Logs once what it found. Call before the guardian and any backend start."""
+        subreaper = become_subreaper()
+        found = await trio.to_thread.run_sync(cgroups.detect)
+        subtree, reason = None, found.reason
+        if found.directory is not None:
+            subtree = cgroups.Subtree(found.directory)
+            try:
+                await trio.to_thread.run_sync(subtree.setup)
+            except OSError as err:
+                subtree, reason = None, f"cannot move swarmd into {subtree.leaf}: {err}"
+        if subtree is not None:
+            log.info("each backend start gets its own cgroup under %s (controllers: %s)%s", subtree.directory,
+                     " ".join(sorted(subtree.controllers)) or "none",
+                     "".join(f"; {note}" for note in subtree.notes))
+        elif subreaper:
+            log.info("no delegated cgroup v2 (%s): escaped backend processes are found by their %s token "
+                     "and, as swarmd is their child subreaper, as its orphans", reason, TOKEN_VAR)
+        else:
+            log.warning("neither a delegated cgroup v2 (%s) nor the child subreaper: a backend process that "
+                        "leaves its process group and clears its environment cannot be found", reason)
+        return cls(subreaper=subreaper, subtree=subtree)
+
+    # -- the life of a start (on the event loop) --
+
+    def begin(self, spec: LaunchSpec) -> Start:
+        """A new start of `spec`, before its fork: its token, its cgroup with its limits. Never raises:
+        a cgroup that cannot be made is logged, and the start goes on without one."""
+        self._newest += 1
+        number = self._newest
+        start = Start(number, f"{self.instance}.{number}", boot_ticks())
+        problems: list[str] = []
+        if self.subtree is not None:
+            try:
+                start.cgroup, problems = self.subtree.create(cgroups.start_name(number, self.instance),
+                                                             spec.memory_max, spec.cpu_weight)
+            except OSError as err:
+                problems = [f"a backend start has no cgroup of its own: {err}"]
+        elif spec.memory_max or spec.cpu_weight:
+            problems = ["memory_max and cpu_weight are not applied: swarmd has no delegated cgroup v2"]
+        for problem in problems:
+            if problem not in self._warned:
+                self._warned.add(problem)
+                log.warning("%s", problem)
+        self._starts[number] = start
+        return start
+
+    def started(self, start: Start, pid: int) -> None:
+        """The start's leader was forked: it goes into the start's cgroup, and the guardian knows it."""
+        start.pid = pid
+        data = core._read(f"/proc/{pid}/stat", 4096)
+        leader = core.parse_stat(data) if data else None
+        start.leader_start = leader.starttime if leader is not None else 0
+        self._leaders[pid] = start
+        if start.cgroup is not None and self.subtree is not None:
+            try:
+                self.subtree.place(start.cgroup, pid)
+            except OSError as err:
+                log.warning("cannot move pid %d into %s: %s", pid, start.cgroup, err)
+        if self.guardian is not None:
+            self.guardian.register(pid, start)
+
+    def abandon(self, start: Start) -> None:
+        """The fork failed: forget the start."""
+        self._starts.pop(start.number, None)
+        if start.cgroup is not None and not cgroups.Subtree.remove(start.cgroup):
+            self._rmdirs.append(start.cgroup)
+
+    def signal(self, start: Start, signum: int) -> None:
+        """Send `signum` to the start's escaped processes (its group has it already): a SIGKILL at once to
+        its cgroup, and, by a sweep, to whatever of it is elsewhere."""
+        if signum == signal.SIGKILL and start.cgroup is not None:
+            cgroups.Subtree.kill(start.cgroup)
+        if start.pid:
+            self._signals.append((start.number, signum, start.pid))
+            self._request()
+
+    def leader_exited(self, start: Start) -> trio.Event:
+        """The leader was reaped (its group SIGKILLed): kill the rest of the start. Returns an Event set
+        once a sweep has done so (and the guardian has forgotten the start)."""
+        self._leaders.pop(start.pid, None)
+        start.ending = True
+        if start.cgroup is not None:
+            cgroups.Subtree.kill(start.cgroup)
+        return self._request()
+
+    # -- sweeps --
+
+    def _request(self) -> trio.Event:
+        """Ask for a sweep; the Event is set once a sweep that began after this call is done."""
+        if self._next is None:
+            self._next = trio.Event()
+        event = self._next
+        if not self._driving:
+            self._driving = True
+            trio.lowlevel.spawn_system_task(self._drive, name="swarmd sweeps")
+        return event
+
+    async def _drive(self) -> None:
+        try:
+            while self._next is not None:
+                # A sweep walks every process in a worker thread that holds the GIL for milliseconds: let
+                # the exit it follows be reported and its backend restarted first (and batch the exits
+                # that come together, e.g. a stop of many backends).
+                await trio.sleep(SWEEP_DELAY)
+                done, self._next = self._next, None
+                try:
+                    await self._sweep_once()
+                except Exception:
+                    log.exception("sweeping the processes of ended backend starts failed")
+                done.set()
+        finally:
+            self._driving = False
+
+    async def _sweep_once(self) -> None:
+        ending = [start for start in self._starts.values() if start.ending]
+        guardian_pid = self.guardian.pid if self.guardian is not None else None
+        rmdirs = (*self._rmdirs, *(start.cgroup for start in ending if start.cgroup))
+        self._rmdirs = []
+        view = _View(
+            daemon=os.getpid(), guardian=guardian_pid, instance=self.instance, subreaper=self.subreaper,
+            cgroups=self.subtree is not None,
+            starts={n: (s.born, s.pid, s.ending) for n, s in self._starts.items()},
+            leaders={pid: s.number for pid, s in self._leaders.items()}, newest=self._newest, now=boot_ticks(),
+            signals=tuple(self._signals), rmdirs=rmdirs)
+        self._signals = []
+        swept = await trio.to_thread.run_sync(_sweep, view)
+        leaders = {n: pid for n, (_, pid, _) in view.starts.items()}
+        for p, label in swept.killed:
+            if isinstance(label, int):
+                if p.pgrp != leaders.get(label):  # its group members are no news
+                    log.info("killed pid %d (%s), which had escaped the process group of pid %s", p.pid,
+                             p.comm, leaders.get(label, "?"))
+            else:
+                log.info("killed pid %d (%s), an orphan no running backend can own", p.pid, p.comm)
+        for start in ending:
+            self._starts.pop(start.number, None)
+            if self.guardian is not None:
+                self.guardian.unregister(start.pid)
+        self._rmdirs.extend(swept.kept)
+        if self.subreaper:
+            for pid in swept.zombies:
+                self._reap_one(pid)
+
+    # -- orphans (as subreaper) --
+
+    def _managed(self, pid: int) -> bool:
+        """Whether `pid` is a child that someone else reaps: a leader (its Child) or the guardian."""
+        return pid in self._leaders or (self.guardian is not None and pid == self.guardian.pid)
+
+    def _reap_one(self, pid: int) -> None:
+        if not self._managed(pid):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+    def reap_ready(self) -> None:
+        """Reap the zombies of adopted orphans, as far as waitid lets us see: a leader's zombie hides the
+        rest (its Child reaps it), then a sweep lists them. A dead guardian is restarted. And remove the
+        cgroups that were still busy (their last process to exit signals its parent, the daemon, once
+        it has left its cgroup)."""
+        if self._rmdirs and self.subtree is not None:
+            self._rmdirs = [path for path in self._rmdirs if not cgroups.Subtree.remove(path)]
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            pid = info.si_pid
+            if self.guardian is not None and pid == self.guardian.pid:
+                self.guardian.ensure_alive()  # reaps it and starts another
+                if self.guardian.pid == pid:  # (not reaped after all: look again at the next SIGCHLD)
+                    return
+                continue
+            if self._managed(pid):
+                self._request()
+                return
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+
+    async def reap_orphans(self) -> None:
+        """The daemon's task, as subreaper: reap adopted orphans on each SIGCHLD."""
+        with trio.open_signal_receiver(signal.SIGCHLD) as received:
+            self.reap_ready()
+            async for _ in received:
+                self.reap_ready()
+
+
+# -- the guardian ------------------------------------------------------------------------------------------
 
 
 class Guardian:
-    """Kills every registered process group when the daemon goes away, however it goes.
+    """Kills every registered start -- its group, its cgroup, every process carrying its token -- when the
+    daemon goes away, however it goes.
 
-    Owns one helper process and the write end of its stdin pipe. `register`/`unregister` are synchronous
-    writes of a few bytes (the pipe never fills: the guardian reads continuously).
+    Owns one helper process and the write end of its stdin pipe, and the daemon's `Containment`.
+    `register`/`unregister` are synchronous writes of a few bytes (the pipe never fills: the guardian reads
+    continuously).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, containment: Containment | None = None) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
-        self._groups: set[int] = set()
+        self._groups: dict[int, str] = {}  # pgid -> its registration line
+        self.containment = containment if containment is not None else Containment()
+        self.containment.guardian = self
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
@@ -123,22 +570,32 @@ class Guardian:
             start_new_session=True,  # no terminal signal reaches it; it dies only when the pipe closes
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
         )
-        for pgid in self._groups:
-            self._send(f"+{pgid}\n")
+        self._send(self.greeting())
+        for line in list(self._groups.values()):
+            self._send(line)
+
+    def greeting(self) -> str:
+        """The first lines a guardian reads: the instance, and the daemon when it is the subreaper (then the
+        guardian may kill its children)."""
+        me = self.containment.me
+        return f"I{self.containment.instance}\n" + (f"R{me.pid} {me.starttime} {me.sid} {me.pgrp}\n" if me else "")
 
     def ensure_alive(self) -> None:
-        """Restart the guardian if someone killed it (its groups are registered again)."""
+        """Restart the guardian if someone killed it (its starts are registered again)."""
         if self._proc is None or self._proc.poll() is not None:
             if self._proc is not None:
                 log.warning("the guardian process died (%s); starting a new one", self._proc.returncode)
             self.start()
 
-    def register(self, pgid: int) -> None:
-        self._groups.add(pgid)
-        self._send(f"+{pgid}\n")
+    def register(self, pgid: int, start: Start | None = None) -> None:
+        line = f"+{pgid}"
+        if start is not None:
+            line += f" {start.leader_start} {start.token}" + (f" {start.cgroup}" if start.cgroup else "")
+        self._groups[pgid] = line + "\n"
+        self._send(line + "\n")
 
     def unregister(self, pgid: int) -> None:
-        self._groups.discard(pgid)
+        self._groups.pop(pgid, None)
         self._send(f"-{pgid}\n")
 
     def _send(self, line: str) -> None:
@@ -150,7 +607,8 @@ class Guardian:
             self.ensure_alive()
 
     def close(self) -> None:
-        """Stop the guardian after a clean shutdown (it then kills whatever is still registered)."""
+        """Stop the guardian after a clean shutdown (it then kills whatever is still registered, and every
+        process still carrying one of the instance's tokens)."""
         if self._proc is None:
             return
         if self._proc.stdin is not None:
@@ -171,17 +629,20 @@ class Guardian:
 
 
 class Child:
-    """One running process of a backend and its process group.
+    """One running process of a backend, its process group and (with a guardian) its start.
 
     Owns the Popen object, the pidfd and the output pipes. Created by `spawn()`.
     """
 
-    def __init__(self, popen: subprocess.Popen[bytes], guardian: Guardian | None) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], guardian: Guardian | None,
+                 start: Start | None = None) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.pgid = popen.pid  # start_new_session: the child leads its own group
         self.exit: ExitInfo | None = None
         self._guardian = guardian
+        self._start = start
+        self._swept: trio.Event | None = None  # set once the rest of the start is killed
         self._pidfd = os.pidfd_open(self.pid)
         self._watching = False
         self._watcher_left = trio.Event()
@@ -191,10 +652,12 @@ class Child:
         return self.exit is None
 
     async def wait(self) -> ExitInfo:
-        """Wait for the leader to exit, reap it, and kill what is left of its group.
+        """Wait for the leader to exit, reap it and kill what is left of its group; the rest of its start
+        (what escaped the group) is being killed by a sweep then (`contained()` waits for that). Returns
+        at once after the reap, so that a crashed backend restarts without waiting for a /proc walk.
 
         Any number of tasks may wait: one of them watches the pidfd and the others wait for it; if the
-        watcher is cancelled, another waiter takes over.
+        watcher is cancelled, another waiter takes over. The killing goes on whoever is cancelled.
         """
         while self.exit is None:
             if self._watching:
@@ -210,14 +673,25 @@ class Child:
                 left.set()
         return self.exit
 
+    async def contained(self) -> None:
+        """Return once every process of this start is gone: after `wait()`, the sweep that kills what
+        escaped the group."""
+        if self._swept is not None:
+            await self._swept.wait()
+
     def _reap(self) -> None:
         returncode = self.popen.wait()  # the pidfd is readable: this does not block
         self.exit = ExitInfo.from_returncode(returncode)
         # Grandchildren may still hold the group (and the port, and GPU memory): they go with the leader.
         self.kill_group(signal.SIGKILL)
-        if self._guardian is not None:
-            self._guardian.unregister(self.pgid)
         os.close(self._pidfd)
+        if self._guardian is None:
+            return
+        if self._start is None:
+            self._guardian.unregister(self.pgid)
+            return
+        # And so does everything else of the start, wherever it went (the guardian forgets it after).
+        self._swept = self._guardian.containment.leader_exited(self._start)
 
     def kill_group(self, sig: int) -> bool:
         """Send `sig` to the whole process group. False when the group is already gone."""
@@ -228,6 +702,11 @@ class Child:
             return False
         except PermissionError:
             return False
+
+    def signal_escapes(self, sig: int) -> None:
+        """Send `sig` to the processes of this start outside its group (soon, from a sweep)."""
+        if self._guardian is not None and self._start is not None:
+            self._guardian.containment.signal(self._start, sig)
 
 
 def child_environment(spec: LaunchSpec) -> dict[str, str]:
@@ -243,25 +722,45 @@ def spawn(spec: LaunchSpec, guardian: Guardian | None) -> tuple[Child, int, int]
 
     Returns the Child and the read ends of its stdout and stderr pipes (the caller reads and closes them).
     Raises OSError when the process cannot be started (missing executable, bad cwd, permission); the
-    message names the program or directory.
+    message names the program or directory. Raises `accounts.AccountError` (a ValueError) when `spec.user`
+    or `spec.group` cannot be used now: swarmd is not root, or the name is not in the accounts cache.
+
+    With `spec.user`, the child runs with that user's uid, primary gid (or `spec.group`'s) and login groups,
+    and HOME, USER and LOGNAME set to the user's (unless `spec.env` sets them). The ids come from the cache
+    that validation filled (`accounts.run_as`): never a user-database look-up here, on the event loop. The
+    change of ids happens in the child after its chdir (CPython's order), so the working directory must be
+    one the user may enter for what it runs there to work.
     """
+    ids = accounts.run_as(spec.user, spec.group)
+    env = child_environment(spec)
+    for name, value in ids.env:
+        if name not in spec.env:
+            env[name] = value
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    start = guardian.containment.begin(spec) if guardian is not None else None  # never raises
+    if start is not None:
+        env[TOKEN_VAR] = start.token  # last: neither the daemon's environment nor the spec sets it
     try:
         popen = subprocess.Popen(
-            list(spec.argv), cwd=spec.cwd, env=child_environment(spec),
+            list(spec.argv), cwd=spec.cwd, env=env,
             stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
             start_new_session=True, close_fds=True, restore_signals=True,
+            # ids as numbers: given names, Popen would look them up itself, here on the event loop
+            user=ids.uid, group=ids.gid,
+            extra_groups=list(ids.extra_groups) if ids.extra_groups is not None else None,
         )
     except BaseException:
         for fd in (out_r, out_w, err_r, err_w):
             os.close(fd)
+        if guardian is not None and start is not None:
+            guardian.containment.abandon(start)
         raise
     os.close(out_w)
     os.close(err_w)
-    if guardian is not None:
-        guardian.register(popen.pid)
-    return Child(popen, guardian), out_r, err_r
+    if guardian is not None and start is not None:
+        guardian.containment.started(start, popen.pid)  # its cgroup, and the guardian's list
+    return Child(popen, guardian, start), out_r, err_r
 
 
 def describe_spawn_error(err: Exception, spec: LaunchSpec) -> str:
@@ -331,10 +830,15 @@ class ChildProcess:
     async def wait(self) -> ExitInfo:
         return await self.child.wait()
 
+    async def contained(self) -> None:
+        await self.child.contained()
+
     def signal_group(self, signum: int) -> None:
-        # Only while the leader is unreaped: after that its pgid may belong to someone else.
+        # Only while the leader is unreaped: after that its pgid may belong to someone else (and `wait`
+        # kills every process of the start anyway).
         if self.child.running:
             self.child.kill_group(signum)
+            self.child.signal_escapes(signum)  # the start's processes outside the group, a moment later
 
     async def pump(self, on_output: Callable[[str, list[str]], None]) -> None:
         async with trio.open_nursery() as nursery:

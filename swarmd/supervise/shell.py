@@ -33,7 +33,7 @@ import re
 import signal
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from subprocess import SubprocessError
 from typing import Any, Protocol
 
@@ -42,6 +42,7 @@ import trio
 from swarmd import gpu, logs
 from swarmd.gpu import Pin
 from swarmd.httpclient import HttpError, request
+from swarmd.supervise import ports
 from swarmd.supervise.lifecycle import (
     TIMER_EVENTS,
     ArmTimer,
@@ -63,13 +64,14 @@ from swarmd.supervise.lifecycle import (
     Spawn,
     Spawned,
     SpawnFailed,
+    StartFailed,
     StartRefused,
     State,
     Timer,
     WatchReady,
 )
-from swarmd.supervise.output import OutputRing
-from swarmd.supervise.probes import wait_ready
+from swarmd.supervise.output import LogLine, OutputRing
+from swarmd.supervise.probes import backend_owns, wait_ready
 from swarmd.supervise.process import ExitInfo, describe_spawn_error
 from swarmd.types import BackendType, LaunchFailed, LaunchRefused, LaunchSpec
 
@@ -87,6 +89,9 @@ class Process(Protocol):
 
     async def wait(self) -> ExitInfo:
         """Wait for it to exit (and its process group to be killed); may be called again."""
+
+    async def contained(self) -> None:
+        """After `wait`: return once every other process of this start (what left its group) is gone."""
 
     def signal_group(self, signum: int) -> None:
         """Send `signum` to its whole process group (nothing when it is gone)."""
@@ -113,9 +118,11 @@ class BackendShell:
     def __init__(self, *, label: str, backend_type: BackendType, settings: dict[str, Any],
                  ring: OutputRing, nursery: trio.Nursery, spawner: Spawner,
                  place_gpus: Callable[[str, BackendShell], Pin] = lambda gpu_id, shell: gpu.place(gpu_id, {}),
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None,
+                 port_owner: Callable[[int], Awaitable[str | None]] = ports.find_owner) -> None:
         """`label` names the backend in the log (`backend-<id>`; the Fleet updates it when the id changes).
-        `place_gpus(gpu_id, shell)` resolves a pin at each start. The callables must not hold the shell
+        `place_gpus(gpu_id, shell)` resolves a pin at each start; `port_owner(port)` says who else listens
+        on a fixed port (None: nobody). The callables must not hold the shell
         (or its Backend): a cycle would outlive a deleted backend once the heap is frozen."""
         self.label = label
         self.type = backend_type
@@ -127,8 +134,12 @@ class BackendShell:
         self._nursery = nursery
         self._spawner = spawner
         self._place_gpus = place_gpus
+        self._port_owner = port_owner
         self._on_change = on_change
         self._process: Process | None = None
+        self._spawn_id = 0  # the latest Spawn effect's: an older spawn task that awaited gives way
+        self._first_seq = 0  # the ring's last line before the current process started
+        self._containing = 0  # processes that exited whose escaped descendants are still being killed
         self._queue: deque[Event] = deque()
         self._feeding = False
         self._changed = trio.Event()
@@ -153,6 +164,10 @@ class BackendShell:
                 self._handle(self._queue.popleft())
         finally:
             self._feeding = False
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake whoever waits for a change (`wait_for`) and tell the Fleet."""
         changed, self._changed = self._changed, trio.Event()
         changed.set()
         self._on_change()
@@ -191,8 +206,9 @@ class BackendShell:
             await self._changed.wait()
 
     async def wait_at_rest(self) -> None:
-        """Return once no process is left and nothing is starting (after a stop, say)."""
-        await self.wait_for(lambda machine: machine.at_rest)
+        """Return once no process is left -- also none that escaped its group -- and nothing is starting
+        (after a stop, say)."""
+        await self.wait_for(lambda machine: machine.at_rest and not self._containing)
 
     @property
     def pid(self) -> int | None:
@@ -203,7 +219,8 @@ class BackendShell:
     def _do(self, effect: Effect) -> None:
         match effect:
             case Spawn():
-                self._nursery.start_soon(self._guarded, "start", self._spawn)
+                self._spawn_id += 1
+                self._nursery.start_soon(self._guarded, "start", self._spawn, self._spawn_id)
             case WatchReady():
                 self._watch_ready()
             case CancelReady():
@@ -225,20 +242,30 @@ class BackendShell:
             case _:  # pragma: no cover - the Effect union is closed
                 raise AssertionError(effect)
 
-    async def _spawn(self) -> None:
+    async def _spawn(self, spawn_id: int) -> None:
         """Start one process from the current settings and report how it went."""
         if self.machine.state is not State.STARTING:
             return  # stopped (or faulted) before this task ran
         settings, backend_type = self.settings, self.type
-        port = backend_type.requested_port(settings) or pick_free_port()
+        fixed = backend_type.requested_port(settings)
+        port = fixed or pick_free_port()
         try:
-            spec = backend_type.launch(settings, port)
+            spec = backend_type.launch_spec(settings, port)
         except LaunchRefused as err:
             self.feed(StartRefused(str(err)))
             return
         except LaunchFailed as err:
             self.feed(SpawnFailed(str(err)))
             return
+        if fixed:
+            # A fixed port that another process listens on: this start fails at once, saying who holds
+            # it (never a child that dies with "address already in use" while the other answers the probe).
+            busy = await self._port_owner(fixed)
+            if self.machine.state is not State.STARTING or spawn_id != self._spawn_id:
+                return  # stopped (or stopped and started again) while the walk ran
+            if busy:
+                self.feed(StartFailed(busy))
+                return
         pin_setting = backend_type.gpu_setting
         if pin_setting in settings:
             try:
@@ -256,6 +283,7 @@ class BackendShell:
             self.feed(SpawnFailed(describe_spawn_error(err, spec)))
             return
         self._process, self.spec = process, spec
+        self._first_seq = self.ring.last_seq  # its output starts after this line
         self._matcher = None
         self._nursery.start_soon(self._guarded, "process", self._run_process, process)
         self.feed(Spawned(process.pid, port))
@@ -277,7 +305,13 @@ class BackendShell:
                     await process.wait()
         if self._process is process:
             self._process = None
-        self.feed(Exited(process.pid, exit_info))
+        self._containing += 1  # the exit is news now; its escaped processes are killed meanwhile
+        try:
+            self.feed(Exited(process.pid, exit_info, telling_line(self.ring.since(self._first_seq))))
+            await process.contained()
+        finally:
+            self._containing -= 1
+            self._notify()
 
     def _on_output(self, stream: str, lines: list[str]) -> None:
         ring = self.ring
@@ -305,7 +339,8 @@ class BackendShell:
 
     async def _probe_ready(self, check: str, port: int, pid: int, scope: trio.CancelScope) -> None:
         with scope:
-            await wait_ready(check, port)
+            # pid is the child's process group (each start runs in its own session)
+            await wait_ready(check, port, backend_owns(check, port, pid))
             self.feed(Ready(pid))
 
     def _cancel_ready(self) -> None:
@@ -417,9 +452,38 @@ class BackendShell:
     def _log(self, level: int, message: str, tail: bool) -> None:
         if not tail:
             log.log(level, "%s: %s", self.label, message)
-            return
-        lines = "\n".join(f"  {line.stream}: {line.text}" for line in self.ring.tail(TAIL_LINES))
-        log.log(level, "%s: %s%s", self.label, message, f"; last output:\n{lines}" if lines else " (no output)")
+        else:
+            lines = "\n".join(f"  {line.stream}: {line.text}" for line in self.ring.tail(TAIL_LINES))
+            log.log(level, "%s: %s%s", self.label, message,
+                    f"; last output:\n{lines}" if lines else " (no output)")
+        if level >= logging.WARNING:  # a failure goes to the backend's own log too, where people look
+            self.ring.append("swarmd", message)
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+#: The most telling line is shown in a status message, not a page of it.
+TELLING_LINE_MAX = 300
+
+
+def telling_line(lines: Sequence[LogLine]) -> str:
+    """The most telling line of a process's last output: the exception line of its last Python traceback,
+    else its last stderr line, else its last line (stripped, bounded; "" without output). The daemon's own
+    notes ("swarmd" lines) are not the process's output."""
+    output = [line for line in lines if line.stream != "swarmd" and line.text.strip()]
+    for index in range(len(output) - 1, -1, -1):
+        if output[index].text.startswith(_TRACEBACK):
+            for line in output[index + 1:]:
+                if not line.text[:1].isspace():  # the frames are indented; the exception line is not
+                    return _bounded(line.text)
+            break
+    stderr = [line for line in output if line.stream == "stderr"]
+    chosen = stderr[-1] if stderr else (output[-1] if output else None)
+    return _bounded(chosen.text) if chosen is not None else ""
+
+
+def _bounded(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= TELLING_LINE_MAX else text[:TELLING_LINE_MAX - 3] + "..."
 
 
 def _describe(err: BaseException) -> str:

@@ -7,6 +7,7 @@ and for defaults. Types never touch processes themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import re
@@ -44,6 +45,10 @@ class LaunchSpec:
     port: int = 0
     ready_check: str = "none"  # none | tcp | http://... | log:REGEX
     free_memory: str = ""  # "" | http://... | signal:NAME
+    user: str = ""  # run as this user (name or uid; "" = the daemon's user)
+    group: str = ""  # with this primary group ("" = the user's)
+    memory_max: str = ""  # cgroup v2 memory.max ("" = no limit)
+    cpu_weight: int = 0  # cgroup v2 cpu.weight (0 = the default)
 
 
 class BackendType:
@@ -166,6 +171,13 @@ class BackendType:
     def launch(self, settings: dict[str, Any], port: int) -> LaunchSpec:
         """Build the LaunchSpec for one start. Raises LaunchRefused when nothing can be started."""
         raise NotImplementedError
+
+    def launch_spec(self, settings: dict[str, Any], port: int) -> LaunchSpec:
+        """`launch`, plus who it runs as and its limits (`account_settings`), common to every type."""
+        spec = self.launch(settings, port)
+        return dataclasses.replace(spec, user=settings.get("user", ""), group=settings.get("group", ""),
+                                   memory_max=settings.get("memory_max", ""),
+                                   cpu_weight=int(settings.get("cpu_weight", 0)))
 
 
 def _fold(name: str) -> str:
@@ -329,6 +341,44 @@ def rocr_setting_spec() -> SettingSpec:
 def gpu_settings(default: str) -> tuple[SettingSpec, ...]:
     """The GPU pin settings of the `process` type: `gpu_id` and `rocr_visible_devices`."""
     return gpu_setting_spec("gpu_id", default), rocr_setting_spec()
+
+
+_ACCOUNT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
+_MEMORY_RE = re.compile(r"max|[0-9]{1,15}[KMGT]?")
+
+
+def check_account_name(value: str) -> str:
+    """A user or group as written: a name or a numeric id (whether it exists is checked where the file
+    is validated, off the event loop). Raises SettingError."""
+    text = value.strip()
+    if text and not _ACCOUNT_RE.fullmatch(text):
+        raise SettingError(f"expected a user or group name or a numeric id, got {describe(value)}")
+    return text
+
+
+def check_memory_max(value: str) -> str:
+    """cgroup v2's memory.max: `max`, or bytes with an optional K/M/G/T suffix. Raises SettingError."""
+    text = value.strip()
+    if text and not _MEMORY_RE.fullmatch(text):
+        raise SettingError(f"expected bytes with an optional K, M, G or T suffix (8G, 512M) or max, got "
+                           f"{describe(value)}")
+    return text
+
+
+def account_settings() -> tuple[SettingSpec, ...]:
+    """Who a self-starting backend runs as and what it may use."""
+    return (
+        SettingSpec("user", "text", "", "Run it as this user (a name or uid); the daemon must run as root. "
+                    "Empty: the daemon's own user.", placeholder="comfy", check=check_account_name),
+        SettingSpec("group", "text", "", "Its primary group (a name or gid). Empty: the user's own.",
+                    check=check_account_name),
+        SettingSpec("memory_max", "text", "", "Memory limit of all its processes (cgroup v2 memory.max: "
+                    "8G, 512M, max), where swarmd has a delegated cgroup. Empty: no limit.",
+                    placeholder="8G", check=check_memory_max),
+        SettingSpec("cpu_weight", "integer", 0, "CPU share of all its processes (cgroup v2 cpu.weight, "
+                    "1-10000; 100 is the default share), where swarmd has a delegated cgroup. 0: not set.",
+                    minimum=0, maximum=10000),
+    )
 
 
 def restart_settings(*, ready_timeout: float, restart_default: str = "on-failure") -> tuple[SettingSpec, ...]:

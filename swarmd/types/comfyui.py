@@ -11,10 +11,13 @@ frontend) are accepted and kept in the file, and say in their description that t
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 import os
 import shlex
 from typing import Any
 
+from swarmd.httpclient import BadUrl, parse_url
 from swarmd.settings import SettingError, SettingSpec, describe
 from swarmd.supervise.lifecycle import LifecycleConfig
 from swarmd.types.base import (
@@ -22,6 +25,7 @@ from swarmd.types.base import (
     LaunchFailed,
     LaunchRefused,
     LaunchSpec,
+    account_settings,
     check_command,
     check_http_url,
     gpu_setting_spec,
@@ -62,6 +66,103 @@ def check_address(value: str) -> str:
     return text
 
 
+#: ComfyUI's --listen without a value: every IPv4 and IPv6 address (its argparse `const`).
+LISTEN_ALL = "0.0.0.0,::"
+#: ComfyUI's argparse takes an unambiguous abbreviation of an option (--lis for --listen): swarmd counts
+#: those of at least this many characters (--lis, --por); shorter ones are ambiguous in ComfyUI (--l, --p).
+_OPTION_MIN = 5
+
+
+def _option(arg: str, name: str) -> bool:
+    """Whether `arg` (`--name`, `--name=value`, or an unambiguous abbreviation as argparse takes it) is the
+    long option `name`."""
+    given = arg.partition("=")[0]
+    return given.startswith("--") and len(given) >= min(_OPTION_MIN, len(name)) and name.startswith(given)
+
+
+def listen_value(args: list[str]) -> str | None:
+    """What ComfyUI listens on as `args` (ExtraArgs, split) say: the value of the last --listen (its
+    `0.0.0.0,::` when it has none, as ComfyUI's parser gives), or None when there is no --listen."""
+    value = None
+    for index, arg in enumerate(args):
+        if arg == "--":
+            break
+        if _option(arg, "--listen"):
+            if "=" in arg:
+                value = arg.partition("=")[2]
+            elif index + 1 < len(args) and not args[index + 1].startswith("-"):
+                value = args[index + 1]
+            else:
+                value = LISTEN_ALL
+    return value
+
+
+def probe_host(listen: str | None) -> str:
+    """The address readiness is checked at (and /free is posted to), for ComfyUI listening on `listen`
+    (a comma-separated list, as ComfyUI's --listen takes; None: its default, 127.0.0.1).
+
+    The first address of the list that loopback reaches: a wildcard is probed on loopback (0.0.0.0 at
+    127.0.0.1, :: at ::1: ComfyUI's aiohttp listens on :: for IPv6 only), `localhost` at 127.0.0.1, a
+    loopback address (127.0.0.1, 127.2.2.2, ::1) at itself. When none of them is, the first address itself
+    (`--listen 192.168.1.5`: probed at 192.168.1.5, where ComfyUI answers). Returned as a URL host: an
+    IPv6 address in brackets."""
+    if listen is None:
+        return "127.0.0.1"
+    addresses = [address.strip() for address in listen.split(",") if address.strip()] or ["0.0.0.0"]
+    hosts = [_loopback_for(address) for address in addresses]
+    host = next((host for host in hosts if host is not None), addresses[0])
+    return f"[{host}]" if ":" in host else host
+
+
+def _loopback_for(address: str) -> str | None:
+    """The loopback address that reaches a server listening on `address`, or None when none does."""
+    if address.lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if ip.is_unspecified:
+        return "127.0.0.1" if ip.version == 4 else "::1"
+    return address if ip.is_loopback else None
+
+
+@functools.lru_cache(maxsize=4096)
+def check_extra_args(value: str) -> str:
+    """ExtraArgs: a command line (as `check_command`) that leaves swarmd its --port, and whose --listen,
+    if any, names addresses a URL can hold (readiness is checked there). Memoized, as `check_command`."""
+    check_command(value)
+    args = shlex.split(value)
+    for arg in args:
+        if arg == "--":
+            raise SettingError("a bare -- would turn swarmd's own --port into a stray argument")
+        if _option(arg, "--port"):
+            raise SettingError("--port is set by swarmd (the port setting sets the port)")
+    listen = listen_value(args)
+    for address in (listen or "").split(","):
+        address = address.strip()
+        if address and _loopback_for(address) is None:
+            try:
+                parse_url(f"http://{f'[{address}]' if ':' in address else address}:1/")
+            except BadUrl:
+                raise SettingError(f"--listen: {describe(address)} is not an IP address or host name") from None
+    return value
+
+
+def venv_bin(python: str, script_dir: str) -> str:
+    """The `bin` directory of the virtual environment `python` runs from, to put first on the child's PATH
+    (as activating it would, and as SwarmUI does for ComfyUI's venv: tools its nodes run -- pip, ninja,
+    git hooks -- are then the venv's); "" when it is not one. `python` is a venv's when it is the script's
+    `venv/bin/python3`, or a path whose directory's parent holds a `pyvenv.cfg`."""
+    if os.sep not in python:
+        return ""  # found through PATH: not a venv of ours
+    path = os.path.normpath(os.path.join(script_dir, python))  # a relative one runs from the script's directory
+    directory = os.path.dirname(path)
+    if path == os.path.join(script_dir, "venv", "bin", "python3"):
+        return directory
+    return directory if os.path.isfile(os.path.join(os.path.dirname(directory), "pyvenv.cfg")) else ""
+
+
 class ComfyUISelfStart(BackendType):
     id = "comfyui_selfstart"
     name = "ComfyUI Self-Starting"
@@ -77,12 +178,15 @@ class ComfyUISelfStart(BackendType):
                     "Empty: the backend stays disabled.",
                     placeholder="/srv/ComfyUI/main.py", check=check_start_script),
         SettingSpec("ExtraArgs", "text", "", "Extra arguments for main.py, split like a shell would (never "
-                    "run through a shell). swarmd's own --port comes last and wins.",
-                    placeholder="--lowvram", check=check_command),
+                    "run through a shell). Not --port: swarmd sets it (from the port setting). A --listen here "
+                    "is ComfyUI's address (swarmd then adds no --listen of its own) and readiness is checked "
+                    "there: at 127.0.0.1 for 0.0.0.0 or a bare --listen, at the address given otherwise.",
+                    placeholder="--lowvram", check=check_extra_args),
         SettingSpec("DisableInternalArgs", "boolean", False, "Unchecked: swarmd adds its internal arguments "
-                    "(--listen 127.0.0.1, and --preview-method from EnablePreviews). Checked: only --port, "
-                    "which it needs to supervise ComfyUI (readiness is checked at 127.0.0.1:<port>, "
-                    "ComfyUI's default address)."),
+                    "(--listen 127.0.0.1 unless ExtraArgs has a --listen, and --preview-method from "
+                    "EnablePreviews unless ExtraArgs has one). Checked: only --port, which it needs to "
+                    "supervise ComfyUI (readiness is checked at 127.0.0.1:<port>, ComfyUI's default "
+                    "address, or where ExtraArgs' --listen says)."),
         SettingSpec("AutoUpdate", "dropdown", "false", "SwarmUI: update ComfyUI (git pull) at each launch. "
                     + NO_EFFECT, values=UPDATE_VALUES, value_names=UPDATE_NAMES),
         SettingSpec("UpdateManagedNodes", "dropdown", "false", "SwarmUI: update the custom nodes it manages "
@@ -112,6 +216,7 @@ class ComfyUISelfStart(BackendType):
                     maximum=65535),
         rocr_setting_spec(),
         *restart_settings(ready_timeout=COMFY_READY_TIMEOUT),
+        *account_settings(),
     )
 
     def lifecycle_config(self, settings: dict[str, Any]) -> LifecycleConfig:
@@ -123,11 +228,13 @@ class ComfyUISelfStart(BackendType):
 
     def arguments(self, settings: dict[str, Any], port: int) -> list[str]:
         """main.py's arguments: ExtraArgs, then (unless DisableInternalArgs) swarmd's internal ones
-        (`--listen 127.0.0.1`, and `--preview-method` from EnablePreviews unless ExtraArgs gives one), then
-        `--port N` (last, so that it wins over a --port in ExtraArgs: swarmd must know the port)."""
+        (`--listen 127.0.0.1` unless ExtraArgs gives a --listen, and `--preview-method` from EnablePreviews
+        unless ExtraArgs gives one), then `--port N`. (Validation refuses a --port in ExtraArgs; were one
+        there, swarmd's, last, would win: ComfyUI's parser keeps the last.)"""
         args = shlex.split(settings["ExtraArgs"])
         if not settings["DisableInternalArgs"]:
-            args += ["--listen", "127.0.0.1"]
+            if listen_value(args) is None:
+                args += ["--listen", "127.0.0.1"]
             if not any(arg == "--preview-method" or arg.startswith("--preview-method=") for arg in args):
                 args += ["--preview-method", PREVIEW_METHODS[settings["EnablePreviews"]]]
         return [*args, "--port", str(port)]
@@ -146,10 +253,14 @@ class ComfyUISelfStart(BackendType):
             python = venv if os.access(venv, os.X_OK) else "python3"
         argv = (python, "-s", os.path.basename(script), *self.arguments(settings, port))
         env = {"PYTHONUNBUFFERED": "1", "PYTHONUTF8": "1"}
+        bin_dir = venv_bin(python, directory)
+        if bin_dir:
+            env["PATH"] = f"{bin_dir}:{os.environ.get('PATH', os.defpath)}"
+        host = probe_host(listen_value(shlex.split(settings["ExtraArgs"])))
         return LaunchSpec(
             argv=argv, cwd=directory, env=env, unset_env=("PYTHONHOME", "PYTHONPATH"), port=port,
-            ready_check=f"http://127.0.0.1:{port}/system_stats",
-            free_memory=f"http://127.0.0.1:{port}/free",
+            ready_check=f"http://{host}:{port}/system_stats",
+            free_memory=f"http://{host}:{port}/free",
         )
 
 

@@ -12,6 +12,7 @@ from swarmd.types.base import (
     LaunchFailed,
     LaunchRefused,
     LaunchSpec,
+    account_settings,
     check_command,
     check_env,
     check_free_memory,
@@ -48,6 +49,7 @@ class ProcessType(BackendType):
                     "port), http://... (answers 2xx/3xx; {port} replaced) or log:REGEX (an output line "
                     "matches).", placeholder="http://127.0.0.1:{port}/", check=check_ready_check),
         *restart_settings(ready_timeout=60.0),
+        *account_settings(),
         SettingSpec("free_memory", "text", "", "How to ask it to free memory: empty (not supported), "
                     "http://... (POST with {\"system_ram\": bool}; {port} replaced) or signal:SIGUSR1.",
                     check=check_free_memory),

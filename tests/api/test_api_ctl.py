@@ -90,6 +90,41 @@ def test_logs_and_follow(daemon: Daemon) -> None:
     assert done.returncode == 1 and "Unknown log 'Nope'" in done.stderr
 
 
+def test_restart_means_restart_also_while_loading(daemon: Daemon) -> None:
+    """A backend that never becomes ready: `swarmctl restart` restarts it all the same (SwarmUI's
+    RestartBackends, without swarmd's `force`, leaves a loading backend alone)."""
+    hung = json.loads(swarmctl(daemon, "--json", "add", "process", f"command={SLEEPER}",
+                               "ready_check=log:^never$", "ready_timeout=600").stdout)
+    backend_id = hung["id"]
+    wait_until(lambda: daemon.backend(backend_id)["status"] == "loading", what="loading")
+    pid = daemon.backend(backend_id)["pid"]
+    assert daemon.ok("RestartBackends", {"backend": str(backend_id)}) == {"result": "Success.", "count": 0}
+    done = swarmctl(daemon, "restart", str(backend_id))
+    assert done.returncode == 0 and done.stdout.strip() == f"restarted backend {backend_id} (it was loading)"
+    wait_until(lambda: daemon.backend(backend_id)["pid"] not in (None, pid), what="a new process")
+    assert swarmctl(daemon, "rm", str(backend_id)).returncode == 0
+    missing = swarmctl(daemon, "restart", "4242")
+    assert missing.returncode == 1 and "backend 4242 does not exist or is disabled" in missing.stdout
+
+
+def test_list_and_status_show_the_cause(daemon: Daemon) -> None:
+    crash = "python3 -c \"import sys; print('usage: main.py [-h]', file=sys.stderr); " \
+            "print('main.py: error: unrecognized arguments: --no-such-flag', file=sys.stderr); sys.exit(2)\""
+    added = json.loads(swarmctl(daemon, "--json", "add", "process", "--title", "bad flag", f"command={crash}",
+                                "restart=never").stdout)
+    backend_id = added["id"]
+    wait_until(lambda: daemon.backend(backend_id)["status"] == "errored", what="errored")
+    row = next(line for line in swarmctl(daemon, "list").stdout.splitlines() if "bad flag" in line)
+    assert "errored: exited with status 2: main.py: error: unrecognized argume..." in row
+    done = swarmctl(daemon, "status", str(backend_id))
+    assert done.returncode == 0, done.stderr
+    assert ("exited with status 2 (restart: never; restart it once fixed): main.py: error: unrecognized "
+            "arguments: --no-such-flag" in done.stdout)
+    assert "stderr: usage: main.py [-h]" in done.stdout and "last exit: exited with status 2" in done.stdout
+    assert swarmctl(daemon, "rm", str(backend_id)).returncode == 0
+    assert swarmctl(daemon, "status", "4242").returncode == 1
+
+
 def test_other_commands(daemon: Daemon) -> None:
     added = json.loads(swarmctl(daemon, "--json", "add", "process", f"command={SLEEPER}").stdout)
     backend_id = str(added["id"])
@@ -97,7 +132,7 @@ def test_other_commands(daemon: Daemon) -> None:
     assert swarmctl(daemon, "disable", backend_id).stdout.strip() == "No change."
     assert swarmctl(daemon, "enable", backend_id).stdout.strip() == "Success."
     wait_until(lambda: daemon.backend(int(backend_id))["status"] == "running", what="running again")
-    assert swarmctl(daemon, "restart", backend_id).stdout.strip() == "restarted 1 backend"
+    assert swarmctl(daemon, "restart", backend_id).stdout.strip() == f"restarted backend {backend_id} (it was running)"
     assert swarmctl(daemon, "free", backend_id, "--system-ram").returncode == 0
     assert swarmctl(daemon, "rm", backend_id).stdout.strip() == "Deleted."
     assert swarmctl(daemon, "rm", backend_id).stdout.strip() == "Already didn't exist."

@@ -63,6 +63,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "title": mostly(st.text(max_size=20), json_values),
     "enabled": mostly(st.sampled_from([True, False, "true", "False", " TRUE "]), flags | scalars),
     "system_ram": mostly(st.booleans(), flags),
+    "force": mostly(st.booleans(), flags),
     "nonreal": mostly(st.booleans(), flags),
     "full_data": mostly(st.booleans(), flags),
     "backend": mostly(st.sampled_from(["all", "0", "1", " 1", 0, 1]), st.sampled_from(["ALL", "x", "", None]) | scalars),

@@ -248,7 +248,8 @@ async def test_poweruser_can_list_and_restart_but_not_edit(directory: str) -> No
         assert status == 0 and set(answer) == {"0", "1"}
         await eventually(lambda: fleet.get(0).status == "running", timeout=10, what="backend 0 running")
         status, answer, _ = await as_nobody(sock, "restart", "0")
-        assert status == 0 and answer == {"result": "Success.", "count": 1}
+        assert status == 0 and answer == {"result": "Success.", "count": 1,
+                                          "restarted": [{"id": 0, "was": "running"}]}
         before = open(backends, "rb").read()
         for args in (["edit", "0", "--title", "x", "restart=never"], ["add", "process"], ["rm", "1"],
                      ["disable", "1"], ["logs", "1"],

@@ -55,7 +55,7 @@ async def test_always_failing_child_starts_exactly_burst_times_then_errored(make
     assert fleet.get(0).lifecycle.starts == 4
     assert time.process_time() - cpu_before < 1.0
     # a restart by a person starts afresh (the counters were reset)
-    assert await fleet.restart("0") == 1
+    assert len(await fleet.restart("0")) == 1
     await eventually(lambda: fleet.get(0).lifecycle.starts == 8 and status(fleet, 0) == "errored", timeout=20)
 
 
@@ -85,7 +85,7 @@ async def test_each_policy_for_each_kind_of_exit(make_fleet, policy, command, ki
         assert fleet.get(0).lifecycle.starts == 1
         clean = command == EXIT_0
         assert status(fleet, 0) == ("disabled" if clean else "errored")
-        assert f"(restart: {policy})" in fleet.get(0).status_message
+        assert f"(restart: {policy}" in fleet.get(0).status_message
 
 
 async def test_a_child_that_never_becomes_ready_is_restarted_then_errored(make_fleet):
@@ -195,3 +195,16 @@ backends:
     finally:
         remote.kill()
         remote.wait()
+
+
+async def test_the_status_names_the_cause_and_a_failed_start_is_in_the_backends_own_log(make_fleet):
+    crash = ("import sys\nprint('loading', flush=True)\nprint('a warning', file=sys.stderr, flush=True)\n"
+             "import no_such_module_here")
+    fleet = await make_fleet({0: {"settings": {"command": child(crash), "restart": "never"}},
+                              1: {"settings": {"command": "/nonexistent/program --flag"}}})
+    await eventually(lambda: status(fleet, 0) == "errored" and status(fleet, 1) == "errored")
+    assert fleet.get(0).status_message.startswith(
+        "exited with status 1 (restart: never; restart it once fixed): ")
+    assert fleet.get(0).status_message.endswith("ModuleNotFoundError: No module named 'no_such_module_here'")
+    notes = [line.text for line in fleet.get(1).ring.tail(5) if line.stream == "swarmd"]
+    assert notes == ["cannot start: program '/nonexistent/program' not found"]

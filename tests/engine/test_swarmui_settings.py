@@ -32,7 +32,7 @@ SELFSTART_SWARMUI = ["StartScript", "ExtraArgs", "DisableInternalArgs", "AutoUpd
                      "FrontendVersion", "EnablePreviews", "GPU_ID", "OverQueue", "AutoRestart"]
 SELFSTART_SWARMD = ["python", "port", "rocr_visible_devices", "restart", "restart_delay",
                     "restart_delay_max", "start_limit_burst", "start_limit_interval", "stable_after",
-                    "ready_timeout", "stop_signal", "stop_timeout"]
+                    "ready_timeout", "stop_signal", "stop_timeout", "user", "group", "memory_max", "cpu_weight"]
 API_SWARMUI = ["Address", "AllowIdle", "OverQueue", "EnableFrontendDev"]
 API_SWARMD = ["check_interval"]
 
@@ -124,7 +124,7 @@ async def test_auto_restart_false_leaves_a_crashed_comfyui_errored(make_fleet):
     os.kill(pid, signal.SIGKILL)
     await eventually(lambda: status(fleet, 0) == "errored")
     await trio.sleep(0.3)
-    assert fleet.get(0).lifecycle.starts == 1 and "(restart: never)" in fleet.get(0).status_message
+    assert fleet.get(0).lifecycle.starts == 1 and "(restart: never;" in fleet.get(0).status_message
 
 
 async def test_comfyui_api_with_swarmui_names(make_fleet):

@@ -140,10 +140,18 @@ async def test_auto_spreads_four_backends_over_two_gpus(fake, make_fleet):
 
     listing = backend_object(fleet.get(0), full_data=True)
     assert listing["gpus"][0]["uuid"] in (A, B)
-    with open(f"/proc/{fleet.get(0).pid}/environ", "rb") as handle:
-        environ = dict(item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item)
-    assert environ[b"CUDA_VISIBLE_DEVICES"].decode() == placed[0]
-    assert environ[b"CUDA_DEVICE_ORDER"] == b"PCI_BUS_ID"
+    pid = fleet.get(0).pid
+
+    def environ() -> dict[bytes, bytes]:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return dict(item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item)
+
+    with open(f"/proc/{pid}/stat") as handle:
+        state = handle.read().rsplit(")", 1)[1].split()[0]
+    seen = environ()
+    assert b"CUDA_VISIBLE_DEVICES" in seen, (pid, state, fleet.get(0).pid, sorted(seen)[:20])
+    assert seen[b"CUDA_VISIBLE_DEVICES"].decode() == placed[0]
+    assert seen[b"CUDA_DEVICE_ORDER"] == b"PCI_BUS_ID"
 
 
 def test_resolve_validate_and_place_use_only_the_snapshot(fake):

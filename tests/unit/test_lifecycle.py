@@ -34,6 +34,7 @@ from swarmd.supervise.lifecycle import (
     Spawned,
     SpawnFailed,
     Stable,
+    StartFailed,
     StartRefused,
     StartRequested,
     State,
@@ -93,7 +94,7 @@ ROWS = table_rows()
 
 
 def test_the_table_is_read_whole():
-    assert len([r for r in ROWS if not r.remote]) == 34 and len([r for r in ROWS if r.remote]) == 8
+    assert len([r for r in ROWS if not r.remote]) == 37 and len([r for r in ROWS if r.remote]) == 8
     assert {row.event for row in ROWS} == {cls.__name__ for cls in typing.get_args(lc.Event)}
 
 
@@ -159,6 +160,12 @@ CASES: dict[str, Case] = {
                                                (Log(logging.ERROR, "no such program"),)),
     "process: STARTING | StartRefused | ": Case(("STARTING",), StartRefused("No command"), State.DISABLED,
                                                 (Log(logging.INFO, "No command"),)),
+    "process: STARTING | StartFailed | policy restarts": Case(
+        ("STARTING",), StartFailed("port 8188 is in use by pid 7 (python3)"), State.BACKOFF,
+        (ArmTimer(Timer.DELAY, 0.1),)),
+    "process: STARTING | StartFailed | policy settles": Case(
+        ("STARTING",), StartFailed("port 8188 is in use by pid 7 (python3)"), State.ERRORED, (),
+        {"restart": "never"}),
     "process: STARTING | StopRequested | the spawn is not done yet": Case(
         ("STARTING",), StopRequested("Deleted"), State.DISABLED),
     "process: DISABLED, ERRORED | Spawned | a spawn that lost the race": Case(
@@ -171,6 +178,9 @@ CASES: dict[str, Case] = {
     "process: RUNNING | Stable | ": Case(("RUNNING",), Stable(), SAME),
     "process: LOADING, RUNNING | Exited | policy restarts": Case(
         ("LOADING", "RUNNING"), Exited(PID, CRASH), State.BACKOFF, (lc.CancelReady(), ArmTimer(Timer.DELAY, 0.1))),
+    "process: LOADING, RUNNING | Exited | restarts, restart_delay 0": Case(
+        ("LOADING", "RUNNING"), Exited(PID, CRASH), State.STARTING, (lc.CancelReady(), Spawn()),
+        {"restart_delay": 0}),
     "process: LOADING, RUNNING | Exited | policy settles": Case(
         ("LOADING", "RUNNING"), Exited(PID, CRASH), State.ERRORED, (lc.CancelReady(),), {"restart": "never"}),
     "process: LOADING, RUNNING | StopRequested | ": Case(
@@ -317,7 +327,22 @@ def test_stop_then_start_while_a_faulted_process_dies():
 def test_not_ready_in_time_is_a_failure_with_both_reasons():
     machine = reach("STOPPING not ready", ready_timeout=5)
     machine.handle(Exited(PID, ExitInfo(None, signal.SIGTERM)), 6.0)
-    assert machine.message.startswith("not ready within 5 s (then killed by SIGTERM); restart 1 in")
+    assert machine.message.startswith("not ready within 5 s, then killed by SIGTERM (restart 1 in")
+
+
+def test_an_exit_names_its_cause_and_a_start_that_cannot_run_counts_as_a_failure():
+    machine = reach("RUNNING", restart="never")
+    machine.handle(Exited(PID, CRASH, cause="ModuleNotFoundError: No module named 'PIL'"), 1.0)
+    assert machine.message == ("exited with status 1 (restart: never; restart it once fixed): "
+                               "ModuleNotFoundError: No module named 'PIL'")
+    machine = Lifecycle(config=LifecycleConfig(start_limit_burst=2))
+    machine.handle(StartRequested(), 0.0)
+    machine.handle(StartFailed("port 8188 is in use by pid 7 (python3 main.py)"), 0.0)
+    assert machine.state is State.BACKOFF and machine.starts == 0
+    assert machine.message == "port 8188 is in use by pid 7 (python3 main.py) (restart 1 in 0.1 s)"
+    machine.handle(DelayElapsed(), 0.1)
+    machine.handle(StartFailed("port 8188 is in use by pid 7 (python3 main.py)"), 0.1)
+    assert machine.state is State.ERRORED and "gave up after 2 starts" in machine.message
 
 
 def test_faulted_says_so_and_how_to_retry():
@@ -384,8 +409,7 @@ def test_slow_crashes_outside_the_window_restart_forever():
         now += 11  # ran for 11 s (stable after 5), then crashed
         machine.handle(Stable(), now - 6)
         machine.handle(Exited(pid, CRASH), now)
-        assert machine.state is State.BACKOFF
-        machine.handle(DelayElapsed(), now)
+        assert machine.state is State.STARTING  # restart_delay 0: started again at once, never given up
 
 
 def test_stable_forgets_consecutive_exits_and_a_person_forgets_everything():

@@ -65,6 +65,9 @@ class FakeProcess:
         if signum == signal.SIGKILL or not self.behaviour.ignore_term:
             self._end(ExitInfo(None, signum))
 
+    async def contained(self) -> None:
+        pass
+
     async def pump(self, on_output: Any) -> None:
         for delay, line in self.behaviour.output:
             await trio.sleep(delay)
@@ -93,8 +96,16 @@ def make_shell(nursery: trio.Nursery, spawner: FakeSpawner, backend_type: Any = 
                ) -> BackendShell:
     backend_type = backend_type or TYPES["process"]
     values = {**backend_type.defaults(), "command": "fake-server --port {port}", "port": 5000, **settings}
+    async def port_owner(port: int) -> str | None:
+        return busy_ports.get(port)
+
     return BackendShell(label="backend-0", backend_type=backend_type, settings=values, ring=OutputRing(),
-                        nursery=nursery, spawner=spawner, place_gpus=lambda gpu_id, shell: Pin())
+                        nursery=nursery, spawner=spawner, place_gpus=lambda gpu_id, shell: Pin(),
+                        port_owner=port_owner)
+
+
+#: Ports a test says another process listens on: port -> the owner's description.
+busy_ports: dict[int, str] = {}
 
 
 async def settled(shell: BackendShell, *states: State) -> None:
@@ -148,8 +159,10 @@ async def test_ready_timeout_stops_it_then_the_policy_applies(autojump_clock, nu
     first = spawner.processes[0]
     assert first.signals == [(start + 5, signal.SIGTERM)]
     assert gaps(spawner.times) == [7]  # 5 s not ready, then 2 s backoff
-    assert shell.machine.message.startswith("not ready within 5 s (then killed by SIGTERM); gave up after 2")
-    assert [line.text for line in shell.ring.tail(2)] == ["loading...", "still loading"]
+    assert shell.machine.message.startswith("not ready within 5 s, then killed by SIGTERM (gave up after 2")
+    assert shell.machine.message.endswith("): still loading")
+    output = [line.text for line in shell.ring.tail(10) if line.stream == "stdout"]
+    assert output[-2:] == ["loading...", "still loading"]
 
 
 async def test_log_readiness(autojump_clock, nursery):
@@ -233,7 +246,7 @@ async def test_a_probe_that_raises_faults_the_backend_and_kills_its_process(auto
                                                                            monkeypatch):
     from swarmd.supervise import shell as shell_module
 
-    async def broken_probe(check: str, port: int) -> None:
+    async def broken_probe(check: str, port: int, owned: Any = None) -> None:
         await trio.sleep(1)
         raise RuntimeError("probe bug")
 
@@ -273,3 +286,38 @@ async def test_an_effect_that_raises_faults_the_backend(autojump_clock, nursery)
     assert "internal error: RuntimeError: cannot signal" in shell.machine.message
     await shell.wait_at_rest()  # its process was SIGKILLed as the fault settled it
     assert spawner.processes[0].signals == [(trio.current_time(), signal.SIGKILL)]
+
+
+def test_the_telling_line_of_some_output():
+    from swarmd.supervise.output import LogLine
+    from swarmd.supervise.shell import telling_line
+
+    def lines(*pairs: tuple[str, str]) -> list[LogLine]:
+        return [LogLine(n, 0.0, stream, text) for n, (stream, text) in enumerate(pairs)]
+
+    traceback = lines(("stdout", "starting"), ("stderr", "Traceback (most recent call last):"),
+                      ("stderr", '  File "main.py", line 3, in <module>'), ("stderr", "    import PIL"),
+                      ("stderr", "ModuleNotFoundError: No module named 'PIL'"), ("stdout", "bye"))
+    assert telling_line(traceback) == "ModuleNotFoundError: No module named 'PIL'"
+    assert telling_line(lines(("stderr", "main.py: error: unrecognized arguments: --x"), ("stdout", "done"),
+                              ("swarmd", "a note of ours"))) == "main.py: error: unrecognized arguments: --x"
+    assert telling_line(lines(("stdout", "last words "), ("stdout", "  "))) == "last words"
+    assert telling_line([]) == ""
+    assert len(telling_line(lines(("stderr", "x" * 5000)))) == 300
+
+
+async def test_a_fixed_port_held_by_another_process_fails_each_start_by_the_policy(autojump_clock, nursery):
+    spawner = FakeSpawner()
+    busy_ports[5000] = "port 5000 is in use by pid 7 (python3 -m http.server 5000)"
+    try:
+        shell = make_shell(nursery, spawner, restart_delay=1, start_limit_burst=3)
+        shell.feed(StartRequested())
+        await settled(shell, State.ERRORED)
+        assert spawner.processes == []  # never a child that would die with "address already in use"
+        assert shell.machine.message.startswith("port 5000 is in use by pid 7 (python3 -m http.server 5000) "
+                                                "(gave up after 3 starts")
+        del busy_ports[5000]
+        shell.feed(RestartRequested())
+        await settled(shell, State.RUNNING)
+    finally:
+        busy_ports.pop(5000, None)
