@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +368,27 @@ def nobody_ctl_argv() -> list[str]:
     os.chmod(script, 0o644)
     return [shutil.which("setpriv") or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
             "--", python, "-I", str(script)]
+
+
+#: A daemon config that gives uid 65534 (nobody) the poweruser role, on a socket anyone may connect to.
+NOBODY_POWERUSER_CONFIG = """\
+socket:
+  mode: "0666"
+access:
+  - {uid: 65534, role: poweruser}
+"""
+
+
+@contextlib.contextmanager
+def daemon_with_config(backends_text: str, config_text: str) -> Iterator[Daemon]:
+    """A Daemon started with `--config` holding `config_text` (in /tmp, where uid 65534 may read it);
+    stopped and checked (`finish`) on exit."""
+    config = os.path.join("/tmp", f"swarmd-config-{os.getpid()}-{secrets.token_hex(4)}.yaml")
+    with open(config, "w", encoding="utf-8") as handle:
+        handle.write(config_text)
+    try:
+        running = Daemon(backends_text=backends_text, extra_args=("--config", config))
+        yield running
+        running.finish()
+    finally:
+        os.unlink(config)

@@ -7,46 +7,30 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import DEFAULT_BACKENDS, Daemon, nobody_ctl_argv
+from tests.helpers import (
+    DEFAULT_BACKENDS,
+    NOBODY_POWERUSER_CONFIG,
+    Daemon,
+    daemon_with_config,
+    nobody_ctl_argv,
+)
 
 SETPRIV = shutil.which("setpriv")
 
 
-def _serve_takes_config() -> bool:
-    done = subprocess.run([sys.executable, "-m", "swarmd", "serve", "--help"], capture_output=True, text=True)
-    return "--config" in done.stdout
-
-
 pytestmark = [
     pytest.mark.skipif(SETPRIV is None or os.getuid() != 0, reason="needs root and setpriv"),
-    pytest.mark.skipif(not _serve_takes_config(), reason="swarmd serve has no --config yet"),
 ]
-
-CONFIG = """\
-# swarmd daemon config for the access tests
-socket:
-  mode: "0666"
-access:
-  - {uid: 65534, role: poweruser}
-"""
 
 
 @pytest.fixture(scope="module")
 def configured() -> Iterator[Daemon]:
-    config = os.path.join("/tmp", f"swarmd-access-{os.getpid()}.yaml")
-    with open(config, "w", encoding="utf-8") as handle:
-        handle.write(CONFIG)
-    try:
-        running = Daemon(backends_text=DEFAULT_BACKENDS, extra_args=("--config", config))
+    with daemon_with_config(DEFAULT_BACKENDS, NOBODY_POWERUSER_CONFIG) as running:
         yield running
-        running.finish()
-    finally:
-        os.unlink(config)
 
 
 def as_nobody(daemon: Daemon, *args: str) -> tuple[int, object]:

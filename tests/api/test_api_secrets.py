@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -23,7 +22,7 @@ from swarmd.api.shape import backend_object
 from swarmd.fleet import FleetError
 from swarmd.secrets import mask_text, unmask_text
 from swarmd.settings import SECRET_MASK
-from tests.helpers import Daemon, backend_yaml, nobody_ctl_argv
+from tests.helpers import NOBODY_POWERUSER_CONFIG, Daemon, backend_yaml, daemon_with_config, nobody_ctl_argv
 
 SETPRIV = shutil.which("setpriv")
 M = SECRET_MASK
@@ -169,34 +168,15 @@ async def test_objects_returned_to_a_caller_without_admin_are_masked_too(make_fl
 # -- a real daemon, a real poweruser --------------------------------------------------------------------------
 
 
-def _serve_takes_config() -> bool:
-    done = subprocess.run([sys.executable, "-m", "swarmd", "serve", "--help"], capture_output=True, text=True)
-    return "--config" in done.stdout
-
-
 needs_nobody_client = pytest.mark.skipif(
-    SETPRIV is None or os.getuid() != 0 or not _serve_takes_config(),
+    SETPRIV is None or os.getuid() != 0,
     reason="needs root and setpriv (the poweruser client runs as uid 65534), and swarmd serve --config")
-
-CONFIG = """\
-socket:
-  mode: "0666"
-access:
-  - {uid: 65534, role: poweruser}
-"""
 
 
 @pytest.fixture(scope="module")
 def configured() -> Iterator[Daemon]:
-    config = os.path.join("/tmp", f"swarmd-secrets-{os.getpid()}.yaml")
-    with open(config, "w", encoding="utf-8") as handle:
-        handle.write(CONFIG)
-    try:
-        running = Daemon(backends_text=backend_yaml(BACKENDS), extra_args=("--config", config))
+    with daemon_with_config(backend_yaml(BACKENDS), NOBODY_POWERUSER_CONFIG) as running:
         yield running
-        running.finish()
-    finally:
-        os.unlink(config)
 
 
 def poweruser_call(daemon: Daemon, route: str, body: dict) -> tuple[str, dict]:
