@@ -53,3 +53,30 @@ def start_daemon(tmp_path):
         except AssertionError as err:  # SIGTERM did not end it: it was SIGKILLed, and that is a bug
             hung.append(str(err))
     assert not hung, hung
+
+
+@pytest.fixture
+def made_cgroup():
+    """A fresh cgroup under the cgroup v2 mount (root only), standing for the one systemd delegates to a
+    unit: its leaves are killed and removed afterwards."""
+    import os
+    import secrets
+    from pathlib import Path
+
+    from swarmd import cgroups
+    from swarmd.supervise import guardian as core
+
+    mounts = cgroups.cgroup2_mounts(Path("/proc/self/mountinfo").read_text())
+    mount = next((mountpoint for root, mountpoint in mounts if root == "/"), None)
+    if os.geteuid() != 0 or mount is None or not os.access(mount, os.W_OK):
+        pytest.skip("needs root and a writable cgroup v2 mount to make a cgroup")
+    directory = Path(mount) / f"swarmd-test-{secrets.token_hex(4)}"
+    directory.mkdir()
+    try:
+        yield directory
+    finally:
+        for leaf in [path for path in directory.iterdir() if path.is_dir()]:
+            core.kill_cgroup(str(leaf))
+            assert core.remove_cgroup(str(leaf), patience=5.0), leaf
+        core.kill_cgroup(str(directory))
+        assert core.remove_cgroup(str(directory), patience=5.0)

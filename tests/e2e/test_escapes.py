@@ -253,49 +253,9 @@ def test_an_orphan_without_token_dies_once_no_running_start_can_own_it(start_dae
 # -- with a delegated cgroup -------------------------------------------------------------------------------------
 
 
-def _cgroup2_mount() -> str | None:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        if right.split()[:1] == ["cgroup2"]:
-            return left.split()[4]
-    return None
-
-
-@pytest.fixture
-def delegated_cgroup():
-    """A fresh cgroup under the cgroup2 mount, standing for systemd's delegated one (root only)."""
-    mount = _cgroup2_mount()
-    if os.geteuid() != 0 or mount is None or not os.access(mount, os.W_OK):
-        pytest.skip("needs root and a writable cgroup v2 mount to make a delegated cgroup")
-    directory = Path(mount) / f"swarmd-test-{secrets.token_hex(4)}"
-    directory.mkdir()
-    try:
-        yield directory
-    finally:
-        for leaf in sorted(directory.iterdir(), reverse=True):
-            if leaf.is_dir():
-                for pid in (leaf / "cgroup.procs").read_text().split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except OSError:
-                        pass
-                wait_until(lambda leaf=leaf: _rmdir(leaf), timeout=5, what=f"rmdir {leaf}")
-        wait_until(lambda: _rmdir(directory), timeout=5, what=f"rmdir {directory}")
-
-
-def _rmdir(path: Path) -> bool:
-    try:
-        path.rmdir()
-        return True
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-
-
-def test_with_a_delegated_cgroup_each_start_has_its_own(tmp_path, escaper, delegated_cgroup):
+def test_with_a_made_cgroup_each_start_has_its_own(tmp_path, escaper, made_cgroup):
     marker, command = escaper("clear")
-    procs = str(delegated_cgroup / "cgroup.procs")
+    procs = str(made_cgroup / "cgroup.procs")
 
     def enter_the_cgroup() -> None:
         with open(procs, "w") as handle:
@@ -311,17 +271,17 @@ def test_with_a_delegated_cgroup_each_start_has_its_own(tmp_path, escaper, deleg
         assert own.startswith("start-1-")
         assert Path(f"/proc/{escaped[0]}/cgroup").read_text().strip().endswith("/" + own)
         assert Path(f"/proc/{daemon.proc.pid}/cgroup").read_text().strip().endswith("/supervisor")
-        assert (delegated_cgroup / own).is_dir()
-        if "cpu" in (delegated_cgroup / "cgroup.controllers").read_text().split():
-            assert (delegated_cgroup / own / "cpu.weight").read_text().strip() == "50"
+        assert (made_cgroup / own).is_dir()
+        if "cpu" in (made_cgroup / "cgroup.controllers").read_text().split():
+            assert (made_cgroup / own / "cpu.weight").read_text().strip() == "50"
         daemon.ok("RestartBackends", {"backend": "0"})
         wait_until(lambda: daemon.backend(0)["pid"] not in (None, leader) and status(daemon) == "running",
                    timeout=10, what="restarted")
-        wait_until(lambda: not (delegated_cgroup / own).exists(), timeout=5, what="the first start's cgroup gone")
+        wait_until(lambda: not (made_cgroup / own).exists(), timeout=5, what="the first start's cgroup gone")
         assert escaped[0] not in pids_with_arg(marker)
         daemon.kill()  # the guardian: cgroup.kill, then rmdir
         none_left(marker, daemon)
-        wait_until(lambda: [p.name for p in delegated_cgroup.iterdir() if p.is_dir()] == ["supervisor"],
+        wait_until(lambda: [p.name for p in made_cgroup.iterdir() if p.is_dir()] == ["supervisor"],
                    timeout=5, what="only supervisor/ left")
     finally:
         daemon.kill()

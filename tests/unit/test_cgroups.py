@@ -7,7 +7,6 @@ tables."""
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -207,29 +206,6 @@ def test_this_machine_if_it_delegates_a_cgroup_to_the_tests():
         pytest.skip(f"this test process has no delegated cgroup: {found.reason}")
     assert os.path.isdir(found.directory)
     assert os.getpid() in core.cgroup_pids(found.directory)
-
-
-def _cgroup2_mount() -> str | None:
-    mounts = cgroups.cgroup2_mounts(Path("/proc/self/mountinfo").read_text())
-    return next((mountpoint for root, mountpoint in mounts if root == "/"), None)
-
-
-@pytest.fixture
-def made_cgroup():
-    """A fresh cgroup under the cgroup2 mount (root only): a delegated cgroup as systemd would make one."""
-    mount = _cgroup2_mount()
-    if os.geteuid() != 0 or mount is None or not os.access(mount, os.W_OK):
-        pytest.skip("needs root and a writable cgroup v2 mount to make a cgroup")
-    directory = Path(mount) / f"swarmd-unit-{secrets.token_hex(4)}"
-    directory.mkdir()
-    try:
-        yield directory
-    finally:
-        for leaf in [p for p in directory.iterdir() if p.is_dir()]:
-            core.kill_cgroup(str(leaf))
-            assert core.remove_cgroup(str(leaf), patience=5.0), leaf
-        core.kill_cgroup(str(directory))
-        assert core.remove_cgroup(str(directory), patience=5.0)
 
 
 def test_the_real_thing_a_daemon_in_a_delegated_cgroup(made_cgroup):
