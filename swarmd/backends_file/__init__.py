@@ -3,18 +3,25 @@
 Theory of operation
 -------------------
 People edit this file by hand and the daemon writes every API change back into it, so both directions must
-be trustworthy -- and a change must stay cheap at 1000 backends, where ruamel's round trip of the whole
-160 KB file takes ~2 s and an API edit may take 30 ms.
+be trustworthy -- and a change must stay cheap at 10,000 backends (a 3 MB file), where ruamel's round trip
+of the whole file takes tens of seconds and a whole-file parse 3 s, but a reload or an API edit must take
+milliseconds.
 
 * Reading. `parse()` validates a text. A valid file -- the common case -- is read with the C-accelerated
   safe loader (YAML 1.2); only a file with a problem is read again round-trip, to place *every* problem at
   FILE:LINE:COL (`Problem`, raised together as `FileInvalid`). A valid file becomes a `BackendsFile`: its
-  text, its digest and one frozen `BackendDef` per id. Messages never show a raw value in full
+  text, its bytes and one frozen `BackendDef` per id. Messages never show a raw value in full
   (`settings.describe`): YAML aliases can make a small file a gigantic shared structure.
+* Reloading, the fast path. A new version of a file laid out the usual way is cut into entries by the same
+  line scan as editing uses (`_scan`), and only the entries whose text changed are parsed and validated
+  (`incremental.reparse`); the others keep their definitions, the very same objects. Anything unusual
+  (anchors, aliases, tags, CRLF, a BOM, a flow-style `backends:`, a changed entry that does not parse)
+  takes the whole-file parse, which also gives every error: the result is the same either way.
 * One owner. `BackendsStore` is the only code that reads or writes the file for the daemon. It keeps the
   version it last read or wrote (`current`); `write()` applies changes to that text, validates the new
-  text *before* writing it, and swaps it in only if the file on disk is still that version. What `write()`
-  returns is what the written text parses to, so the daemon's memory always equals the file.
+  text *before* writing it, and swaps it in only if the file on disk still holds that version's bytes
+  (compared as bytes: hashing megabytes at every write and reload would cost more than the edit). What
+  `write()` returns is what the written text parses to, so the daemon's memory always equals the file.
 * Editing, the fast path. A file laid out the usual way (`backends:`, then one block per id at a fixed
   indentation) is indexed by a line scan: where each entry's lines begin and end (`_build_index`). A
   change touches only its entry: that block alone is parsed round-trip, edited and rendered by `Editor`,
@@ -40,7 +47,8 @@ Layout
 * `roundtrip`: the round-trip YAML, loaded with comments and positions and rendered back as it was.
 * `changes`: `SetBackend`, `RenameBackend`, `DeleteBackend` (a `Change`).
 * `edit`: `Editor`, the node-by-node edit of a document (the slow path), and `yaml_value`.
-* `index`: the fast path's line scan of where each entry is (`_build_index`).
+* `index`: the fast paths' line scan of where each entry is (`_scan`, `_build_index`).
+* `incremental`: the reload that parses only the entries whose text changed (`reparse`).
 * `splice`: the fast path's edits, spliced into the text (`_Splice`).
 * `store`: `BackendsStore`, the one owner of the file.
 * `write`: `atomic_write()`, the compare-and-swap (`Conflict`), stale temp files.

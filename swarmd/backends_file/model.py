@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,15 +60,23 @@ class BackendDef:
 
 @dataclass(frozen=True)
 class BackendsFile:
-    """A valid backends file as read or written: its text (the base of the next edit), digest, backends
-    (id -> BackendDef, sorted by id)."""
+    """A valid backends file as read or written: its text (the base of the next edit), its bytes (`data`,
+    the text as UTF-8: what the file on disk must still hold for a write to go ahead), backends (id ->
+    BackendDef, sorted by id)."""
 
     path: str
     text: str
-    digest: str
+    data: bytes = field(repr=False)
     backends: Mapping[int, BackendDef]
-    #: Where the entries are in `text`, when the fast path may edit it (None: edit the slow way).
+    #: Where the entries are in `text`, when the fast path may edit it (None: edit the slow way). A
+    #: reload also reuses, through it, the definitions of the entries whose text did not change.
     _index: _Index | None = field(default=None, compare=False, repr=False)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """The version of the file (`digest_of` its bytes). Computed when asked: the store itself compares
+        bytes, which costs nothing next to hashing megabytes at every write and reload."""
+        return digest_of(self.data)
 
 
 def digest_of(data: bytes) -> str:

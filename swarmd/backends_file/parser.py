@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.resolver import VersionedResolver
 
 from swarmd import accounts
-from swarmd.backends_file.model import BACKEND_KEYS, BackendDef, BackendsFile, FileInvalid, Problem, digest_of
+from swarmd.backends_file.model import BACKEND_KEYS, BackendDef, BackendsFile, FileInvalid, Problem
 from swarmd.backends_file.roundtrip import _load_doc
 from swarmd.settings import SettingError, check_title, describe
 from swarmd.types import TYPES, BackendType
@@ -82,12 +82,12 @@ def _parse(path: str, data: bytes | str, types: Mapping[str, BackendType]) -> tu
     if plain is not _INVALID:
         backends, order, problems = _validate(path, plain, types, answers)
         if not problems:
-            return BackendsFile(path, text, digest_of(raw), MappingProxyType(backends)), order
+            return BackendsFile(path, text, raw, MappingProxyType(backends)), order
     doc, _ = _load_doc(path, text)
     backends, order, problems = _validate(path, doc, types, answers)
     if problems:
         raise FileInvalid(problems)
-    return BackendsFile(path, text, digest_of(raw), MappingProxyType(backends)), order
+    return BackendsFile(path, text, raw, MappingProxyType(backends)), order
 
 
 def _line_col(text: str, offset: int) -> tuple[int, int]:

@@ -11,9 +11,10 @@ from types import MappingProxyType
 
 from swarmd.backends_file.changes import Change, DeleteBackend, RenameBackend, SetBackend, _changes_nothing
 from swarmd.backends_file.edit import Editor
+from swarmd.backends_file.incremental import reparse
 from swarmd.backends_file.index import _build_index
 from swarmd.backends_file.lock import _prepare_lock
-from swarmd.backends_file.model import BackendsFile, FileInvalid, Problem, digest_of
+from swarmd.backends_file.model import BackendsFile, FileInvalid, Problem
 from swarmd.backends_file.parser import _line_col, _parse, _read_bytes, _shown_id, _shown_name
 from swarmd.backends_file.splice import _Splice, _Unavailable
 from swarmd.backends_file.write import _remove_stale_temps, _write_bytes
@@ -47,11 +48,14 @@ class BackendsStore:
     def read_if_changed(self) -> BackendsFile | None:
         """Read the file again: None when it holds `current` (or is missing: keep running, the next write
         recreates it), else its new version, which becomes `current`. Raises FileInvalid (`current` is
-        kept), OSError."""
+        kept), OSError.
+
+        The new version is parsed incrementally where its layout allows (`incremental.reparse`: only the
+        entries whose text changed are parsed again), else whole; the result is the same either way."""
         data = _read_bytes(self.path)
-        if data is None or (self.current is not None and digest_of(data) == self.current.digest):
+        if data is None or (self.current is not None and data == self.current.data):
             return None
-        self.current = self._adopt(data)
+        self.current = self._adopt(data, self.current)
         return self.current
 
     def write(self, changes: Sequence[Change]) -> BackendsFile:
@@ -69,11 +73,16 @@ class BackendsStore:
             raise RuntimeError("BackendsStore.write() before load()")
         new, data = self._apply(base, list(changes))
         if new is not base:
-            _write_bytes(self.path, data, base.digest, self.lock_timeout)
+            _write_bytes(self.path, data, base.data, self.lock_timeout)
             self.current = new
         return new
 
-    def _adopt(self, data: bytes) -> BackendsFile:
+    def _adopt(self, data: bytes, previous: BackendsFile | None = None) -> BackendsFile:
+        """`data` parsed and validated, with its index: incrementally on top of `previous` where that is
+        sound, else by a whole-file parse (which also gives the located problems). Raises FileInvalid."""
+        loaded = reparse(self.path, data, previous, self.types)
+        if loaded is not None:
+            return loaded
         loaded, order = _parse(self.path, data, self.types)
         return dataclasses.replace(loaded, _index=_build_index(loaded.text, order))
 
@@ -92,7 +101,7 @@ class BackendsStore:
                 if text == base.text:
                     return base, b""
                 data = _encode(self.path, text)
-                return BackendsFile(self.path, text, digest_of(data), MappingProxyType(backends), index), data
+                return BackendsFile(self.path, text, data, MappingProxyType(backends), index), data
         return self._apply_slow(base, changes)
 
     def _apply_slow(self, base: BackendsFile, changes: list[Change]) -> tuple[BackendsFile, bytes]:
@@ -104,7 +113,7 @@ class BackendsStore:
         if text == base.text:
             return base, b""
         data = _encode(self.path, text)
-        return self._adopt(data), data
+        return self._adopt(data, base), data
 
 
 def _check_change(path: str, base: BackendsFile, change: Change) -> None:

@@ -42,7 +42,10 @@ def atomic_write(path: str, text: str, expect_digest: str | None = None, *, lock
     _write_bytes(path, text.encode("utf-8"), expect_digest, lock_timeout)
 
 
-def _write_bytes(path: str, data: bytes, expect_digest: str | None, lock_timeout: float) -> None:
+def _write_bytes(path: str, data: bytes, expect: bytes | str | None, lock_timeout: float) -> None:
+    """`atomic_write` of `data`; `expect` is what the file must still hold for the write to go ahead: its
+    bytes, or their digest (None: no check). Comparing bytes costs nothing; hashing a 3 MB file costs
+    milliseconds, at every write."""
     target = os.path.realpath(path)
     directory = os.path.dirname(target) or "."
     try:
@@ -67,13 +70,13 @@ def _write_bytes(path: str, data: bytes, expect_digest: str | None, lock_timeout
                 except PermissionError:
                     pass  # not root: the file becomes ours, as any editor's save would
             os.fsync(handle.fileno())
-        if expect_digest is None:
+        if expect is None:
             os.replace(temp, target)
         else:
             owner = (old.st_uid, old.st_gid) if old is not None else None
             with _write_lock(target, mode, owner, lock_timeout):
                 try:
-                    _swap_in(temp, target, expect_digest)
+                    _swap_in(temp, target, expect)
                 except FileNotFoundError:
                     _create(temp, target)  # deleted meanwhile: the write creates it again
     except BaseException:
@@ -99,8 +102,13 @@ def _umask() -> int:
     return 0o022
 
 
-def _swap_in(temp: str, target: str, expect_digest: str) -> None:
-    """Put `temp` in place of `target` only if `target` still holds `expect_digest`.
+def _holds(data: bytes, expect: bytes | str) -> bool:
+    """Whether `data` is what `expect` says: those bytes, or bytes of that digest."""
+    return data == expect if isinstance(expect, bytes) else digest_of(data) == expect
+
+
+def _swap_in(temp: str, target: str, expect: bytes | str) -> None:
+    """Put `temp` in place of `target` only if `target` still holds `expect` (bytes, or their digest).
 
     renameat2(RENAME_EXCHANGE) swaps the two names atomically, so what we displaced is at hand: if it is
     not what we expected, a person saved the file a moment ago and we swap their version straight back.
@@ -114,13 +122,13 @@ def _swap_in(temp: str, target: str, expect_digest: str) -> None:
         if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
         with open(target, "rb") as handle:
-            if digest_of(handle.read()) != expect_digest:
+            if not _holds(handle.read(), expect):
                 raise Conflict(target) from None
         os.replace(temp, target)
         return
     with open(temp, "rb") as handle:
         displaced = handle.read()
-    if digest_of(displaced) != expect_digest:
+    if not _holds(displaced, expect):
         _renameat2(temp, target, _RENAME_EXCHANGE)  # theirs back in place; ours is removed by the caller
         raise Conflict(target)
     os.unlink(temp)
