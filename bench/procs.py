@@ -65,6 +65,22 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
+def pss_bytes(pids: list[int]) -> int:
+    """Proportional set size of these processes added up (/proc/PID/smaps_rollup): shared pages count
+    once across everything sharing them, unlike RSS."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 def helpers(daemon: int, child_marker: str) -> list[int]:
     """The daemon and its descendants that are not benchmark children (e.g. swarmd's guardian)."""
     try:

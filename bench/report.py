@@ -58,13 +58,15 @@ STATS = ("median", "p95", "max")
 @dataclass
 class Goal:
     """swarmd's goal for one metric/case: its `stat` (median by default, or p95, max) must be under
-    `limit`."""
+    `limit` (over it, for a throughput: `higher`)."""
 
     metric: str
     case: str
     limit: float
     text: str
     stat: str = "median"
+    #: A throughput: the figure must be OVER `limit`.
+    higher: bool = False
 
     def __post_init__(self) -> None:
         if self.stat not in STATS:
@@ -116,7 +118,7 @@ class Result:
             value = getattr(fig, goal.stat) if fig else math.nan
             if fig is None:
                 verdict = "not measured"
-            elif fig.samples and not fig.failures and value < goal.limit:
+            elif fig.samples and not fig.failures and (value > goal.limit if goal.higher else value < goal.limit):
                 verdict = "met"
             else:
                 verdict = "MISS"

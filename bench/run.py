@@ -1,6 +1,6 @@
 """`python -m bench.run [--quick] [BENCHMARK ...]`: run the benchmarks, print tables, write bench/results/.
 
-Benchmarks: restart, status, scale, config, edit (all by default). `--quick` is the ~2-minute mode: fewer
+Benchmarks: restart, status, scale, config, edit, chatty (all by default). `--quick` is the ~2-minute mode: fewer
 repetitions, smaller fleets. `--swarmd-src DIR` runs the swarmd of another checkout (before/after figures;
 `--results` keeps them apart). Everything started is killed on exit, also on Ctrl-C, SIGTERM or an error.
 """
@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 from types import FrameType, ModuleType
 
-from bench import bench_config, bench_edit, bench_restart, bench_scale, bench_status, report
+from bench import bench_chatty, bench_config, bench_edit, bench_restart, bench_scale, bench_status, report
 from bench.session import Settings, log
 from bench.systems import SYSTEMS, swarmd_source
 
 BENCHMARKS: dict[str, ModuleType] = {
-    module.NAME: module for module in (bench_restart, bench_status, bench_scale, bench_config, bench_edit)
+    module.NAME: module for module in (bench_restart, bench_status, bench_scale, bench_config, bench_edit,
+                                       bench_chatty)
 }
 
 

@@ -1,5 +1,6 @@
 """The daemon config file (`/etc/swarmd/swarmd.yaml`): where the backends file and the socket are, who may
-do what, how much to log -- and `DaemonConfig`, the one object that carries the result to the daemon.
+do what, how much to log, where the read-only HTTP listener listens (`http_listen`, off by default) -- and
+`DaemonConfig`, the one object that carries the result to the daemon.
 
 Theory of operation
 -------------------
@@ -22,9 +23,11 @@ Theory of operation
 from __future__ import annotations
 
 import grp
+import ipaddress
 import logging
 import os
 import pwd
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +37,7 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from swarmd.api.access import DEFAULT_SOCKET_MODE, ROLES, AccessRule, kind, parse_mode
 from swarmd.backends_file import FileInvalid, Problem, key_position, node_position, value_position
+from swarmd.supervise.output import RING_BYTES, RING_LINES
 
 log = logging.getLogger("swarmd.config")
 
@@ -45,7 +49,15 @@ DEFAULT_SOCKET = "/run/swarmd/swarmd.sock"
 SOCKET_NAME = "swarmd.sock"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Top-level keys of the file.
-KEYS = ("backends", "socket", "access", "log_level")
+KEYS = ("backends", "socket", "access", "log_level", "http_listen", "output_ring_lines", "output_ring_bytes")
+#: The bounds a backend's output ring may be given: at least one cut line (`supervise.pipes.MAX_LINE`)
+#: must fit; at most what 1000 backends can hold in memory.
+RING_LINES_RANGE = (10, 1_000_000)
+RING_BYTES_RANGE = (64 * 1024, 1024 * 1024 * 1024)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
+               "mib": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3, "gib": 1024 ** 3}
+#: The host of an `http_listen` given as a port alone: loopback, so nothing is exposed by accident.
+HTTP_DEFAULT_HOST = "127.0.0.1"
 SOCKET_KEYS = ("path", "mode", "group")
 RULE_KEYS = ("user", "group", "uid", "role")
 _SELECTORS = ("user", "group", "uid")
@@ -73,6 +85,11 @@ class DaemonConfig:
     access: tuple[AccessRule, ...] = ()
     log_level: str = "info"
     config_path: str | None = None
+    #: (host, port) of the read-only HTTP listener (/metrics, /healthz, the status page); None: off.
+    http_listen: tuple[str, int] | None = None
+    #: Each backend's output ring keeps at most this many lines and bytes of its output.
+    output_ring_lines: int = RING_LINES
+    output_ring_bytes: int = RING_BYTES
 
 
 def _system_uid(name: str) -> int | None:
@@ -140,6 +157,9 @@ def resolve(*, config: str | None = None, backends: str | None = None, socket: s
         access=values.get("access", ()),
         log_level=log_level or values.get("log_level") or "info",
         config_path=path,
+        http_listen=values.get("http_listen"),
+        output_ring_lines=values.get("output_ring_lines", RING_LINES),
+        output_ring_bytes=values.get("output_ring_bytes", RING_BYTES),
     )
 
 
@@ -222,6 +242,17 @@ class _Parser:
             values.update(self.socket(doc))
         if doc.get("access") is not None:
             values["access"] = self.access(doc)
+        if doc.get("http_listen") is not None:
+            try:
+                values["http_listen"] = parse_listen(doc["http_listen"])
+            except ValueError as err:
+                self.problem(value_position(doc, "http_listen"), f"http_listen: {err}")
+        for key, bounds in (("output_ring_lines", RING_LINES_RANGE), ("output_ring_bytes", RING_BYTES_RANGE)):
+            if doc.get(key) is not None:
+                try:
+                    values[key] = parse_amount(doc[key], bounds, sizes=key.endswith("bytes"))
+                except ValueError as err:
+                    self.problem(value_position(doc, key), f"{key}: {err}")
         return values
 
     def socket(self, doc: Mapping[Any, Any]) -> dict[str, Any]:
@@ -328,6 +359,61 @@ class _Parser:
         if key == "user":
             return AccessRule(uid=ident, role=role, written=f"user {name}")
         return AccessRule(gid=ident, role=role, written=f"group {name}")
+
+
+def parse_listen(value: Any) -> tuple[str, int]:
+    """`http_listen`'s value -> (host, port): `HOST:PORT` with an IP address (IPv6 in brackets) or
+    `localhost`, or a port alone (on loopback). Port 0 takes any free port (tests). Raises ValueError with
+    the message for the located problem."""
+    expected = "expected HOST:PORT such as 127.0.0.1:9470 or [::1]:9470, or a port"
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"{expected}, got {kind(value)}")
+    text = str(value).strip()
+    if text.isdigit():
+        host, port_text = HTTP_DEFAULT_HOST, text
+    elif text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{expected}, got {text!r}")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:  # an IPv6 address must be in brackets: [::1]:9470
+            raise ValueError(f"{expected}, got {text!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a port number (1-65535, or 0 for any free port)")
+    if host == "localhost":
+        host = HTTP_DEFAULT_HOST
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (use 127.0.0.1 for this machine only, 0.0.0.0 or "
+                         "[::] for every interface, or one of its addresses)") from None
+    if text.startswith("[") != (address.version == 6):
+        raise ValueError(f"{expected}, got {text!r}")
+    return str(address), int(port_text)
+
+
+def format_listen(address: tuple[str, int]) -> str:
+    """(host, port) as `HOST:PORT`, IPv6 in brackets."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_amount(value: Any, bounds: tuple[int, int], *, sizes: bool) -> int:
+    """A whole number within `bounds`; with `sizes`, also text like `2 MiB` or `512k` (1024-based). Raises
+    ValueError saying what was expected."""
+    expected = f"a whole number{' of bytes (or e.g. 2 MiB)' if sizes else ''} from {bounds[0]} to {bounds[1]}"
+    amount: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        amount = value
+    elif sizes and isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+        unit = _SIZE_UNITS.get(match[2].lower()) if match else None
+        if match and unit is not None:
+            amount = int(match[1]) * unit
+    if amount is None or not bounds[0] <= amount <= bounds[1]:
+        raise ValueError(f"expected {expected}, got {kind(value)}")
+    return amount
 
 
 def _item_position(node: Any, index: int) -> tuple[int, int]:

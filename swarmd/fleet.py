@@ -50,6 +50,7 @@ from swarmd.plan import Action, Add, Disable, Enable, Reconfigure, Remove, Renam
 from swarmd.secrets import unmask_text
 from swarmd.settings import SECRET_MASK, SettingError, check_text, check_title, mapping_to_lines
 from swarmd.supervise.lifecycle import (
+    GpuFailed,
     KillRequested,
     Lifecycle,
     Reconfigured,
@@ -57,9 +58,11 @@ from swarmd.supervise.lifecycle import (
     StartRequested,
     StopRequested,
 )
-from swarmd.supervise.output import OutputRing
+from swarmd.supervise.output import RING_BYTES, RING_LINES, OutputRing
+from swarmd.supervise.pipes import PipeReader
 from swarmd.supervise.process import ChildProcess, Guardian
 from swarmd.supervise.shell import BackendShell, Spawner
+from swarmd.supervise.stats import FleetStats
 from swarmd.types import TYPES, BackendType
 
 log = logging.getLogger("swarmd.fleet")
@@ -139,12 +142,16 @@ class Fleet:
     """Every backend of the daemon, keyed by id. See the module docstring for the rules of change."""
 
     def __init__(self, path: str, nursery: trio.Nursery, guardian: Guardian | None = None, *,
-                 types: dict[str, BackendType] | None = None, spawner: Spawner | None = None) -> None:
+                 types: dict[str, BackendType] | None = None, spawner: Spawner | None = None,
+                 ring_lines: int = RING_LINES, ring_bytes: int = RING_BYTES) -> None:
+        """`ring_lines`/`ring_bytes`: the bounds of each backend's output ring (the daemon config's)."""
         self.path = path
+        self._ring_bounds = (ring_lines, ring_bytes)
         self.types = types if types is not None else TYPES
         self.store = BackendsStore(path, self.types)
         self._nursery = nursery
-        self._spawner: Spawner = spawner or (lambda spec: ChildProcess.start(spec, guardian))
+        pipes = PipeReader(nursery)  # one task reads every backend's output
+        self._spawner: Spawner = spawner or (lambda spec: ChildProcess.start(spec, guardian, pipes))
         self._lock = trio.Lock()
         self._backends: dict[int, Backend] = {}
         self._next_id = 0
@@ -152,6 +159,7 @@ class Fleet:
         self.file_problem: str | None = None
         self._closing = False
         self.on_change: Callable[[], None] = lambda: None
+        self.stats = FleetStats()  # reloads, writes, refusals: read by swarmd.metrics
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -171,11 +179,13 @@ class Fleet:
     # -- start and stop ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Read the file and start every enabled backend. Raises FileInvalid or OSError."""
+        """Read the file and start every enabled backend, and watch the GPUs they run on (a task of the
+        Fleet's nursery; nothing to watch without NVML). Raises FileInvalid or OSError."""
         async with self._lock:
             loaded = await _in_thread(self.store.load)
             self._adopt(loaded)
         log.info("loaded %s: %d backends", self.path, len(self._backends))
+        self._nursery.start_soon(gpu.watch_health, self._gpu_failed)
 
     async def shutdown(self) -> None:
         """Stop every backend in parallel, each by its stop ladder, and return once all are stopped.
@@ -412,6 +422,8 @@ class Fleet:
         if not box:  # cancelled with the daemon's nursery
             raise FleetError("swarmd is stopping: the change was interrupted")
         if isinstance(box[0], Exception):
+            if isinstance(box[0], FleetError):
+                self.stats.mutations_refused += 1
             raise box[0]
         return box[0]
 
@@ -439,6 +451,7 @@ class Fleet:
                 except OSError as err:
                     reason = err.strerror or str(err)
                     raise FleetError(f"Could not write {self.path}: {reason}. Nothing was changed.") from None
+                self.stats.file_writes += 1
                 self._refuse_if_closing()
                 actions = self._adopt(written, moves)
                 return [c.new_id if isinstance(c, RenameBackend) else c.id for c in changes], actions
@@ -465,11 +478,13 @@ class Fleet:
                 for problem in err.problems:
                     log.error("%s", problem)
             self.file_problem = str(err)
+            self.stats.reloads_failed += 1
             self.on_change()
             if refuse_invalid:
                 raise FleetError(f"The backends file is invalid, fix it first: {first}{more}") from None
             return False
         except OSError as err:
+            self.stats.reloads_failed += 1
             if refuse_invalid:
                 raise FleetError(f"Cannot read {self.path}: {err.strerror or err}") from None
             log.error("cannot read %s: %s", self.path, err.strerror or err)
@@ -480,6 +495,7 @@ class Fleet:
         if loaded is None or self._closing:
             return False
         actions = self._adopt(loaded)
+        self.stats.reloads += 1
         log.info("reloaded %s: %d backends, %d changes applied", self.path, len(self._backends), len(actions))
         return True
 
@@ -531,7 +547,7 @@ class Fleet:
 
     def _new_backend(self, definition: BackendDef) -> Backend:
         backend_type = self.types[definition.type_id]
-        ring = OutputRing()
+        ring = OutputRing(*self._ring_bounds)
         shell = BackendShell(
             label=f"backend-{definition.id}", backend_type=backend_type, settings=dict(definition.settings),
             ring=ring, nursery=self._nursery, spawner=self._spawner, place_gpus=self._place_gpus,
@@ -540,6 +556,17 @@ class Fleet:
 
     def _changed(self) -> None:
         self.on_change()
+
+    def _gpu_failed(self, failure: gpu.GpuFailure) -> None:
+        """A GPU failed (`gpu.watch_health`): every backend whose process runs on it is told, and its
+        lifecycle decides (a running one is stopped by its ladder, the restart policy applies; `auto`
+        places the next start elsewhere, an explicit pin to that GPU fails the start)."""
+        hit = [backend for backend in self.backends()
+               if backend.pid is not None and failure.uuid in gpu.pinned_uuids(backend.shell.pin)]
+        log.error("GPU %s failed (%s): %s", failure.label(), failure.reason,
+                  f"backends on it: {', '.join(b.label() for b in hit)}" if hit else "no backend runs on it")
+        for backend in hit:
+            backend.shell.feed(GpuFailed(failure.label(), failure.reason))
 
     def _place_gpus(self, gpu_id: str, shell: BackendShell) -> gpu.Pin:
         """The pin of one start of `shell`'s backend: explicit pins resolved; `auto` placed among the GPUs

@@ -23,6 +23,13 @@ Theory of operation
 * The changing figures -- memory used/free, utilization, temperature, GPU memory per process -- are read by
   `refresh(max_age)` in a worker thread, at most every `max_age` seconds; concurrent callers share one
   read. `group_memory()` and `gpus()` give the last figures read and never call NVML.
+* GPU health: `watch_health()` (started by the Fleet) waits, in a worker thread, for NVML's critical Xid
+  events and asks every GPU, between two waits, whether NVML still reaches it. A GPU found failed (a Xid
+  that is not an application's own error, or NVML answering "GPU is lost") is logged, recorded in
+  `failures()` until the daemon restarts, shown in GetServerResourceInfo, and handed to the Fleet, which
+  tells the backends running on it; `auto` never places a start on it and an explicit pin to it fails the
+  start. Without NVML there is nothing to watch: it returns at once. Tests inject events at the inventory
+  boundary (`StaticInventory.inject`) or at NVML's (a fake `pynvml` module).
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -108,17 +116,35 @@ class Inventory(Protocol):
 
 @dataclass
 class StaticInventory:
-    """A fixed inventory: the machine without a driver (empty), or a fake one in tests."""
+    """A fixed inventory: the machine without a driver (empty), or a fake one in tests, whose health
+    events are those a test injects (`inject`)."""
 
     gpu_list: list[GPU] = field(default_factory=list)
     process_list: list[ProcessUse] = field(default_factory=list)
     available: bool = True
+    health_events: queue.Queue[HealthEvent] = field(default_factory=queue.Queue, compare=False, repr=False)
 
     def gpus(self) -> list[GPU]:
         return list(self.gpu_list)
 
     def processes(self) -> list[ProcessUse]:
         return list(self.process_list)
+
+    def inject(self, event: HealthEvent) -> None:
+        """What NVML would report (a Xid, a lost GPU), for the next `wait_health` (tests)."""
+        self.health_events.put(event)
+
+    def wait_health(self, timeout: float) -> list[HealthEvent]:
+        """Blocking: the injected events, waiting up to `timeout` seconds for the first."""
+        try:
+            seen = [self.health_events.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                seen.append(self.health_events.get_nowait())
+            except queue.Empty:
+                return seen
 
 
 class NvmlInventory:
@@ -130,6 +156,7 @@ class NvmlInventory:
     def __init__(self) -> None:
         self.available = False
         self._nvml: Any = None
+        self._watch: tuple[Any, list[tuple[Any, str, Any]]] | None = None  # (event set, devices) once set up
         try:
             import pynvml
 
@@ -187,6 +214,76 @@ class NvmlInventory:
                 mig_mode=bool(mig_current), mig_devices=tuple(migs)))
         return found
 
+    def wait_health(self, timeout: float) -> list[HealthEvent]:
+        """Blocking (a worker thread only): wait up to `timeout` seconds for a critical Xid event of any
+        GPU, then ask every GPU whether NVML still reaches it. Returns what was seen ([] when all is well).
+        Where events cannot be registered (an old driver, no permission), it only polls, once per
+        `timeout`."""
+        if not self.available:
+            time.sleep(timeout)
+            return []
+        nvml = self._nvml
+        if self._watch is None:
+            self._watch = self._register_events()
+        event_set, devices = self._watch
+        seen: list[HealthEvent] = []
+        if event_set is None:
+            time.sleep(timeout)
+        else:
+            try:
+                wait = getattr(nvml, "nvmlEventSetWait_v2", None) or nvml.nvmlEventSetWait
+                data = wait(event_set, max(int(timeout * 1000), 1))
+            except Exception as err:
+                if getattr(err, "value", None) != getattr(nvml, "NVML_ERROR_TIMEOUT", 10):
+                    # Not a quiet timeout: waiting again at once could spin; poll from now on.
+                    log.warning("NVML: waiting for GPU events failed (%s): GPUs are polled only, every %g s",
+                                _nvml_text(err), timeout)
+                    self._watch = (None, devices)
+                    time.sleep(timeout)
+            else:
+                by_key = {key: uuid for key, uuid, _ in devices}
+                uuid = by_key.get(_handle_key(data.device))
+                if uuid is not None and data.eventType & _xid_event_type(nvml):
+                    seen.append(HealthEvent(uuid, xid=int(data.eventData)))
+        lost_codes = (getattr(nvml, "NVML_ERROR_GPU_IS_LOST", 15), getattr(nvml, "NVML_ERROR_RESET_REQUIRED", 16))
+        for _, uuid, handle in devices:
+            try:
+                nvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception as err:
+                if getattr(err, "value", None) in lost_codes:  # fallen off the bus, or needs a reset
+                    seen.append(HealthEvent(uuid, lost=_nvml_text(err)))
+        return seen
+
+    def _register_events(self) -> tuple[Any, list[tuple[Any, str, Any]]]:
+        """Set up the watch: every GPU (key of its handle, UUID, handle), and an event set with each GPU
+        that reports Xid events registered (None when none could be)."""
+        nvml = self._nvml
+        devices = []
+        for index in range(self._call("nvmlDeviceGetCount", default=0)):
+            handle = self._call("nvmlDeviceGetHandleByIndex", index)
+            if handle is not None:
+                devices.append((_handle_key(handle), _text(self._call("nvmlDeviceGetUUID", handle, default="")),
+                                handle))
+        try:
+            event_set = nvml.nvmlEventSetCreate()
+        except Exception as err:
+            log.warning("NVML events are not available (%s): GPUs are polled only", _nvml_text(err))
+            return None, devices
+        registered = 0
+        for _, uuid, handle in devices:
+            supported = self._call("nvmlDeviceGetSupportedEventTypes", handle, default=0) or 0
+            try:
+                if not supported & _xid_event_type(nvml):
+                    raise RuntimeError("it does not report Xid events")
+                nvml.nvmlDeviceRegisterEvents(handle, _xid_event_type(nvml), event_set)
+                registered += 1
+            except Exception as err:
+                log.warning("NVML: GPU %s: no Xid events (%s): only polled", uuid, _nvml_text(err))
+        if not registered:
+            self._call("nvmlEventSetFree", event_set)
+            return None, devices
+        return event_set, devices
+
     def processes(self) -> list[ProcessUse]:
         if not self.available:
             return []
@@ -208,13 +305,31 @@ def _nvml_text(err: Exception) -> str:
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
+def _xid_event_type(nvml: Any) -> int:
+    """NVML's event type of Xid errors, from the module in use."""
+    return int(getattr(nvml, "nvmlEventTypeXidCriticalError", 0x8))
+
+
+def _handle_key(handle: Any) -> Any:
+    """A device handle as a dict key: the address it points to (an event's handle is a new ctypes object
+    for the same device), or the handle itself where it is not a pointer (a fake module's)."""
+    try:
+        import ctypes
+
+        return ctypes.cast(handle, ctypes.c_void_p).value
+    except Exception:
+        return handle
+
+
 @dataclass(frozen=True)
 class _Figures:
-    """One refresh: when it was read (time.monotonic), each GPU as read then (by UUID), memory by pgid."""
+    """One refresh: when it was read (time.monotonic), each GPU as read then (by UUID), memory by pgid, and
+    memory by pgid and GPU UUID (the metrics show a backend's memory on each of its GPUs)."""
 
     taken: float
     gpus: dict[str, GPU]
     groups: dict[int, int]
+    group_gpus: dict[int, dict[str, int]] = field(default_factory=dict)
 
 
 _lock = threading.Lock()  # loading: the start-up thread and a first synchronous use may race
@@ -268,6 +383,7 @@ def set_inventory(value: Inventory | None) -> None:
         _snapshot = None
         _figures = None
         _stale = False
+        _failed.clear()  # a new machine: nothing known to have failed
 
 
 def _identity() -> tuple[GPU, ...]:
@@ -422,6 +538,11 @@ def place_auto(pinned_counts: Mapping[str, int]) -> Pin:
     whole = [g for g in gpus() if not g.mig_mode] if inventory().available else []
     if not whole:
         raise PinError("gpu_id is auto, but this machine has no GPU that NVML can see")
+    healthy = [g for g in whole if g.uuid not in _failed]
+    if not healthy:
+        raise PinError("gpu_id is auto, but every GPU has failed: "
+                       + "; ".join(f"GPU {_failed[g.uuid].label()}: {_failed[g.uuid].reason}" for g in whole))
+    whole = healthy
     fewest = min(pinned_counts.get(g.uuid, 0) for g in whole)
     candidates = [g for g in whole if pinned_counts.get(g.uuid, 0) == fewest]
     best = max(candidates, key=lambda g: (g.memory_free, -g.index))
@@ -434,7 +555,19 @@ def place(gpu_id: str, pinned_counts: Mapping[str, int]) -> Pin:
     Raises PinError."""
     if str(gpu_id).strip() == "auto":
         return place_auto(pinned_counts)
-    return resolve(gpu_id)
+    pin = resolve(gpu_id)
+    for uuid in pinned_uuids(pin):
+        failure = _failed.get(uuid)
+        if failure is not None:
+            raise PinError(f"GPU {failure.label()} failed: {failure.reason}; not starting on it (pin another "
+                           "GPU, or restart swarmd once it is repaired)")
+    return pin
+
+
+def pinned_uuids(pin: Pin) -> set[str]:
+    """The UUIDs of the whole GPUs a pin runs on: its GPUs, and the GPU of each of its MIG devices."""
+    parents = {g.index: g.uuid for g in _identity()} if pin.migs else {}
+    return {g.uuid for g in pin.gpus} | {parents[m.parent_index] for m in pin.migs if m.parent_index in parents}
 
 
 # -- the changing figures: read in a worker thread ----------------------------------------------------
@@ -448,13 +581,16 @@ def _read_figures() -> _Figures:
         return _Figures(taken, {}, {})
     read = {g.uuid: g for g in inv.gpus()}
     groups: dict[int, int] = {}
+    group_gpus: dict[int, dict[str, int]] = {}
     for use in inv.processes():
         try:
             pgid = os.getpgid(use.pid)
         except OSError:
             continue  # gone, or in another pid namespace
         groups[pgid] = groups.get(pgid, 0) + use.used_memory
-    return _Figures(taken, read, groups)
+        on_gpu = group_gpus.setdefault(pgid, {})
+        on_gpu[use.uuid] = on_gpu.get(use.uuid, 0) + use.used_memory
+    return _Figures(taken, read, groups, group_gpus)
 
 
 async def refresh(max_age: float = 0.5) -> None:
@@ -499,6 +635,16 @@ def group_memory() -> dict[int, int] | None:
     return dict(figures.groups) if figures is not None else {}
 
 
+def group_memory_by_gpu() -> dict[int, dict[str, int]] | None:
+    """`group_memory` split by device: pgid -> {GPU (or MIG) UUID: bytes}, at the last refresh. None when
+    NVML is unavailable or the inventory is not loaded yet; {} before the first refresh. Never calls NVML."""
+    inv = _inventory
+    if _snapshot is None or inv is None or not inv.available:
+        return None
+    figures = _figures
+    return {pgid: dict(uses) for pgid, uses in figures.group_gpus.items()} if figures is not None else {}
+
+
 def forget_cache() -> None:
     """Make the next `refresh` read, whatever its max_age (the last figures stay readable until then)."""
     global _stale
@@ -509,7 +655,8 @@ async def resource_info() -> dict[str, dict[str, Any]]:
     """GetServerResourceInfo's "gpus" section: {"0": {...}, ...}, refreshed through `refresh`; empty
     without NVML."""
     await refresh()
-    return {str(g.index): g.to_api() for g in gpus()}
+    return {str(g.index): {**g.to_api(), "failed": _failed[g.uuid].to_api() if g.uuid in _failed else None}
+            for g in gpus()}
 
 
 def _indices(known: Sequence[GPU]) -> str:
@@ -518,3 +665,113 @@ def _indices(known: Sequence[GPU]) -> str:
 
 def _uuids(known: Sequence[GPU]) -> str:
     return ", ".join(g.uuid for g in known) if known else "no GPUs"
+
+
+# -- GPU health: critical Xid events and GPUs NVML no longer reaches ------------------------------------
+
+#: Xid errors that an application causes (a bad kernel, a page fault in its memory, a channel torn down):
+#: the GPU itself is fine and stays in use. The same list NVIDIA's Kubernetes device plugin skips.
+APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+
+#: What the Xids of failing GPUs mean (NVIDIA's Xid catalog); another critical Xid is named by its number.
+XID_MEANINGS = {
+    48: "double-bit ECC error", 63: "ECC page retirement or row remapping", 64: "ECC page retirement or row "
+    "remapping failure", 74: "NVLink error", 79: "GPU has fallen off the bus", 92: "high single-bit ECC error "
+    "rate", 94: "contained ECC error", 95: "uncontained ECC error", 119: "GSP RPC timeout", 120: "GSP error",
+    140: "unrecovered ECC error",
+}
+
+#: Seconds of one wait for NVML events; between two waits every GPU is asked whether NVML still reaches it.
+WATCH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class HealthEvent:
+    """What a watch of the GPUs saw on one GPU: a critical Xid (`xid`), or NVML no longer reaching it
+    (`lost`: NVML's error, e.g. "NVMLError_GpuIsLost: GPU is lost")."""
+
+    uuid: str
+    xid: int | None = None
+    lost: str = ""
+
+
+@dataclass(frozen=True)
+class GpuFailure:
+    """A GPU found failed while the daemon runs. It stays failed until swarmd restarts: a GPU that fell
+    off the bus or needs a reset does not come back by itself."""
+
+    index: int
+    uuid: str
+    name: str
+    reason: str  # "Xid 79 (GPU has fallen off the bus)"
+    time: float  # time.time() when it was seen
+
+    def label(self) -> str:
+        """How a person reads it: `1 (NVIDIA H200, GPU-2222...)`."""
+        return f"{self.index} ({', '.join(filter(None, (self.name, self.uuid)))})"
+
+    def to_api(self) -> dict[str, Any]:
+        return {"reason": self.reason, "time": self.time}
+
+
+_failed: dict[str, GpuFailure] = {}  # by UUID; written on the event loop only
+
+
+def failures() -> dict[str, GpuFailure]:
+    """The GPUs found failed since the daemon started, by UUID. Never calls NVML."""
+    return dict(_failed)
+
+
+def failure_reason(event: HealthEvent) -> str | None:
+    """Why `event` means its GPU failed, as a person reads it; None when it does not (an application's
+    own Xid)."""
+    if event.lost:
+        return f"stopped answering NVML ({event.lost})"
+    if event.xid is None or event.xid in APPLICATION_XIDS:
+        return None
+    meaning = XID_MEANINGS.get(event.xid)
+    return f"Xid {event.xid} ({meaning})" if meaning else f"Xid {event.xid}"
+
+
+def record_failure(event: HealthEvent) -> GpuFailure | None:
+    """Take one health event (on the event loop): a new failure is recorded, logged and returned; an
+    application's Xid is logged and gives None, as does a GPU already known to have failed."""
+    known = next((g for g in _identity() if g.uuid == event.uuid), None)
+    reason = failure_reason(event)
+    if reason is None:
+        log.info("GPU %s: Xid %s, an application's error: the GPU stays in use",
+                 known.index if known else event.uuid, event.xid)
+        return None
+    if event.uuid in _failed:
+        return None
+    failure = GpuFailure(index=known.index if known else -1, uuid=event.uuid, name=known.name if known else "",
+                         reason=reason, time=time.time())
+    _failed[event.uuid] = failure
+    log.error("GPU %s failed: %s; no backend is started on it until swarmd restarts", failure.label(), reason)
+    return failure
+
+
+async def watch_health(on_failure: Callable[[GpuFailure], None], interval: float = WATCH_SECONDS) -> None:
+    """Watch the GPUs until cancelled, handing each GPU found failed to `on_failure` (on the event loop,
+    once per GPU). The waits for NVML's events and the polls run in worker threads (abandoned when
+    cancelled), never on the loop. Returns at once without NVML, and when the inventory is replaced
+    (`set_inventory`). Raises nothing of NVML's: a failing wait is logged and retried an interval later."""
+    import trio
+
+    inv = await trio.to_thread.run_sync(inventory, abandon_on_cancel=True)
+    wait = getattr(inv, "wait_health", None)
+    if not inv.available or wait is None:
+        return
+    while _inventory is inv:
+        try:
+            events = await trio.to_thread.run_sync(wait, interval, abandon_on_cancel=True)
+        except Exception:
+            log.exception("watching the GPUs failed; trying again in %g s", interval)
+            await trio.sleep(interval)
+            continue
+        if _inventory is not inv:
+            return
+        for event in events:
+            failure = record_failure(event)
+            if failure is not None:
+                on_failure(failure)

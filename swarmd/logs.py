@@ -39,7 +39,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from swarmd.supervise.output import OutputRing
@@ -138,12 +138,16 @@ class StderrWriter:
                 self._dropped += size
                 self._dropped_total += size
                 return
+            # Wake the drain thread only when it may be waiting (nothing queued, nothing in hand): in a
+            # burst of records a notify each would hand the GIL to the thread a thousand times.
+            idle = not self._queue and not self._writing
             if self._dropped:
                 self._queue.append(self._dropped)  # the notice goes where the text went missing
                 self._dropped = 0
             self._queue.append(data)
             self._queued += size
-            self._wake.notify()
+            if idle:
+                self._wake.notify()
 
     def flush(self, timeout: float) -> bool:
         """Wait at most `timeout` seconds for everything queued to reach the fd. True when it did."""
@@ -251,7 +255,11 @@ class Formatter(logging.Formatter):
         if record.stack_info:
             message += "\n" + self.formatStack(record.stack_info)
         prefix = self.prefix(record.levelno, record.levelname, record.created, record.msecs)
-        return "\n".join(prefix + line for line in message.splitlines() or [""])
+        # Lines are what journald and a terminal split on: "\n" only (a CR is not a new record). One
+        # str.replace puts the prefix on every line of a chunk of a thousand.
+        if message.endswith("\n"):
+            message = message[:-1]
+        return prefix + message.replace("\n", "\n" + prefix)
 
     def dropped_notice(self, count: int) -> str:
         """The writer's notice line for `count` dropped bytes, formatted as a warning."""
@@ -373,12 +381,13 @@ def flush(timeout: float = EXIT_FLUSH_SECONDS) -> bool:
     return _writer.flush(timeout) if _writer is not None else True
 
 
-def forward_output(label: str, stream: str, lines: Sequence[str]) -> None:
-    """Forward a chunk of a backend's output (`stream`: "stdout" or "stderr") to the daemon's log: ONE
-    record at INFO on the `swarmd.backend` logger, each line prefixed `"{label}: "`, so a chunk of any
-    number of lines costs one record and one queued write. Returns at once when that logger does not log
+def forward_output(label: str, stream: str, text: str) -> None:
+    """Forward a chunk of a backend's output (`stream`: "stdout" or "stderr"; `text`: its lines joined by
+    "\\n") to the daemon's log: ONE record at INFO on the `swarmd.backend` logger, each line prefixed
+    `"{label}: "`, so a chunk of any number of lines costs one record and one queued write (the prefixes
+    are put in by `str.replace`, not a loop over lines). Returns at once when that logger does not log
     INFO."""
-    if not lines or not _backend_log.isEnabledFor(logging.INFO):
+    if not text or not _backend_log.isEnabledFor(logging.INFO):
         return
     prefix = f"{label}: "
-    _backend_log.info(prefix + f"\n{prefix}".join(lines), extra={"output_stream": stream})
+    _backend_log.info(prefix + text.replace("\n", "\n" + prefix), extra={"output_stream": stream})

@@ -168,8 +168,11 @@ class StatusReporter:
         self.last = text
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send updates until cancelled."""
+        """Send updates until cancelled. Without systemd to tell (no NOTIFY_SOCKET) it returns at once:
+        `describe()` walks every backend, which is no work to do ten times a second for nobody."""
         task_status.started()
+        if not self.notifier.enabled:
+            return
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()

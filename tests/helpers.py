@@ -70,6 +70,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process `pid` (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return 0
+
+
 def pids_with_arg(arg: str) -> list[int]:
     """Live (non-zombie) processes that have `arg` as one whole element of their argv (not a shell whose
     -c text merely names it), this test process left out."""
@@ -197,8 +208,10 @@ class Daemon(Api):
     `directory` None: a fresh 0755 directory under /tmp (`public_dir`), removed by `finish`. The backends
     file is `directory`/backends.yaml (written from `backends_text` when given) unless `backends_path` names
     another. The constructor returns once the socket accepts connections, and fails with the log if the
-    daemon exits first.
+    daemon exits first. `module` is what `python -m` runs (a subclass may run swarmd behind a test seam).
     """
+
+    module = "swarmd"
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, backends_text: str | None = None, *,
                  backends_path: str | os.PathLike[str] | None = None, extra_args: tuple[str, ...] = (),
@@ -213,7 +226,7 @@ class Daemon(Api):
         self.log_path = self.directory / "swarmd.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "swarmd", "serve", "--backends", str(self.backends),
+            [sys.executable, "-m", self.module, "serve", "--backends", str(self.backends),
              "--socket", str(self.socket), *extra_args],
             stdout=self._log if stdout is None else stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=self.directory, env=env, preexec_fn=preexec_fn)

@@ -15,6 +15,10 @@ Every request, whatever its method or path, ends in a JSON answer with `Cache-Co
 
 The caller's identity comes from the connection (server.py puts SO_PEERCRED into the ASGI scope's
 `state`); a request without it is treated as having no permissions.
+
+One path is not an API route: `GET /metrics` answers the Prometheus text exposition (swarmd.metrics) to
+callers whose role holds `read_server_info_panels`. Every request, that one included, is counted by route
+and result for `swarmd_api_requests_total` (`after_request`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -32,6 +36,7 @@ from swarmd.api import access
 from swarmd.api.params import ApiError, coerce_params
 from swarmd.api.routes import ROUTES, ApiContext, Caller, DaemonStatusHook, Encoded, GpuInfoHook
 from swarmd.fleet import FleetError
+from swarmd.metrics import CONTENT_TYPE, Metrics, result_label, route_label
 
 if TYPE_CHECKING:
     from swarmd.fleet import Fleet
@@ -48,6 +53,9 @@ PEER_STATE_KEY = "swarmd.peer"
 ACCESS_KEY = "SWARMD_ACCESS"
 
 API_PREFIX = "/API/"
+#: Prometheus metrics on the socket (the HTTP listener of api/web.py serves the same), admins only.
+METRICS_PATH = "/metrics"
+METRICS_FLAG = "read_server_info_panels"
 
 INTERNAL_ERROR = ApiError("An internal error occurred", error_id="internal_error", status=400)
 WRONG_CONTENT_TYPE = ApiError("Wrong content type", error_id="basic_api", status=400)
@@ -64,10 +72,12 @@ def create_app(
     access_rules: access.Access | Iterable[access.AccessRule] | None = None,
     daemon_status: DaemonStatusHook | None = None,
     gpu_info: GpuInfoHook | None = None,
+    metrics: Metrics | None = None,
 ) -> QuartTrio:
     """Build the API app for `fleet`. `gpu_info` is the hook that fills GetServerResourceInfo's "gpus";
     `daemon_status` adds fields to GetDaemonStatus; `access_rules` (the config's resolved `access:` rules,
-    or an `access.Access` over them) give callers their roles. Owns nothing but the app object; never
+    or an `access.Access` over them) give callers their roles; `metrics` (the daemon's, else one of its
+    own) serves `GET /metrics` to admins and counts every request. Owns nothing but the app object; never
     raises."""
     app = QuartTrio("swarmd.api")
     app.config.update(
@@ -78,27 +88,56 @@ def create_app(
     app.config[ACCESS_KEY] = access.Access.of(access_rules)
     context = ApiContext(fleet=fleet, daemon_status=daemon_status, gpu_info=gpu_info)
     app.extensions["swarmd"] = context
+    metrics = metrics if metrics is not None else Metrics(fleet)
 
     @app.before_request
     async def read_body() -> None:
         # Read it all now (see the module docstring). Too large / too slow raise HTTP errors handled below.
         await request.get_data(cache=True)
 
+    @app.after_request
+    async def count_request(response: Response) -> Response:
+        # Every answer, errors included (error handlers' answers pass here too); labels stay bounded.
+        route = "metrics" if request.path == METRICS_PATH else route_label(request.path, ROUTES)
+        metrics.api.count(route, result_label(g.get("swarmd_result"), response.status_code))
+        return response
+
     async def dispatch(path: str = "") -> Response:
         try:
             result = await _call(context, app.config[ACCESS_KEY])
         except ApiError as err:
+            g.swarmd_result = err.error_id or "error"
             return json_response(err.body(), err.status)
         except FleetError as err:
+            g.swarmd_result = "error"
             return json_response({"error": str(err)}, 200)
         except HTTPException:
             raise
         except Exception:
             log.exception("API call %s failed", request.path)
             return json_response(INTERNAL_ERROR.body(), INTERNAL_ERROR.status)
+        g.swarmd_result = "ok"
         return json_response(result, 200)
 
+    async def metrics_view() -> Response:
+        """GET /metrics: the Prometheus exposition, for callers whose role holds read_server_info_panels
+        (admins: it shows what the resource panel shows, and more)."""
+        if request.method not in ("GET", "HEAD"):
+            g.swarmd_result = "basic_api"
+            answer = json_response({"error_id": "basic_api", "error": "GET /metrics"}, 405)
+            answer.headers["Allow"] = "GET, HEAD"
+            return answer
+        caller = await current_caller(app.config[ACCESS_KEY])
+        if not access.has_flag(caller.role, METRICS_FLAG):
+            g.swarmd_result = "bad_permissions"
+            return json_response({"error_id": "bad_permissions",
+                                  "error": f"/metrics needs the {METRICS_FLAG} permission (admins)"}, 403)
+        body = await metrics.render()
+        g.swarmd_result = "ok"
+        return Response(body, status=200, content_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    app.add_url_rule(METRICS_PATH, "metrics", metrics_view, methods=methods)
     app.add_url_rule("/", "root", dispatch, methods=methods)
     app.add_url_rule("/<path:path>", "any", dispatch, methods=methods)
 

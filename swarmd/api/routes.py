@@ -233,6 +233,11 @@ async def list_log_types(ctx: ApiContext, caller: Caller, body: Mapping[str, Any
     return {"types_available": _types_available(_all_logs(ctx.fleet))}
 
 
+#: About the most bytes of messages one ListRecentLogMessages answer holds (each line's text plus
+#: `output.LINE_OVERHEAD`).
+LOG_ANSWER_BYTES = 4 * 1024 * 1024
+
+
 @route(
     "ListRecentLogMessages",
     Param("types", "JArray"),
@@ -252,7 +257,10 @@ async def list_recent_log_messages(
     left out (every log from the start; SwarmUI answers an internal error); a backend log may also be
     named by its identifier (`backend-3`), answered under that key; a mark above the counter comes from an
     earlier daemon and means from the start; each message says its `stream` (stdout, stderr or swarmd);
-    `wait_seconds` (at most 30) holds the answer until a requested log has a new message, for followers.
+    `wait_seconds` (at most 30) holds the answer until a requested log has a new message, for followers;
+    one answer holds at most about `LOG_ANSWER_BYTES` of messages (the oldest first, at least one per log
+    while the bound lasts): a reader that passes the last `sequence_id` it got of each log as its mark
+    gets the rest on its next call.
     """
     wanted = [api_text(item) for item in types]
     given = _last_sequence_ids(body)
@@ -268,7 +276,11 @@ async def list_recent_log_messages(
         await _wait_for_any(rings, after, wait)
     with output.consistent():  # a copy of each log, and the counter that covers them all
         last = output.last_sequence_id()
-        lines = {key: ring.since(after[key]) for key, ring in rings.items()}
+        lines: dict[str, list[output.LogLine]] = {}
+        budget = LOG_ANSWER_BYTES  # one answer is bounded: a reader continues from the marks it got
+        for key, ring in rings.items():
+            lines[key] = ring.since(after[key], budget=budget) if budget > 0 else []
+            budget -= sum(len(line.text) + output.LINE_OVERHEAD for line in lines[key])
     data = {
         key: [{"sequence_id": line.seq, "time": _timestamp(line.time), "message": line.text,
                "stream": line.stream} for line in found_lines]

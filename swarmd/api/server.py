@@ -46,6 +46,7 @@ from swarmd.api.routes import DaemonStatusHook, GpuInfoHook
 
 if TYPE_CHECKING:
     from swarmd.fleet import Fleet
+    from swarmd.metrics import Metrics
 
 log = logging.getLogger("swarmd.api")
 
@@ -57,7 +58,10 @@ _UCRED = struct.Struct("3i")
 _MAX_PEER_GROUPS = 1024
 #: Seconds given to requests in flight when the API shuts down.
 GRACEFUL_TIMEOUT = 2.0
-LISTEN_BACKLOG = 128
+#: listen()'s backlog: the kernel caps it at net.core.somaxconn (4096 on current kernels), so this asks for
+#: the system's maximum -- a burst of clients connecting at once waits in the queue instead of getting
+#: EAGAIN (128 refused about half of 500 clients at once).
+LISTEN_BACKLOG = 65535
 
 
 class SocketInUse(RuntimeError):
@@ -178,13 +182,15 @@ async def serve_api(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     shutdown_event: trio.Event | None = None,
     inherited_fd: int | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
     """Serve the API for `fleet` on `socket_path` until cancelled or `shutdown_event` is set.
 
     Calls `task_status.started(socket_path)` once the socket listens. Owns the socket file: creates it
     (replacing a stale one) and unlinks it on exit. With `inherited_fd` (systemd socket activation) it
     serves that socket and leaves the file to systemd. `gid` is the socket's group (resolved when the
-    config was loaded); `access` the config's resolved rules (or an `Access` over them). Raises
+    config was loaded); `access` the config's resolved rules (or an `Access` over them); `metrics` the
+    daemon's (GET /metrics, request counts). Raises
     SocketInUse or OSError before `started` when the socket cannot be set up.
     """
     if inherited_fd is not None:
@@ -201,7 +207,8 @@ async def serve_api(
         info = os.stat(socket_path)
         owned = (info.st_dev, info.st_ino)
     try:
-        app = create_app(fleet, access_rules=access, daemon_status=daemon_status, gpu_info=gpu_info)
+        app = create_app(fleet, access_rules=access, daemon_status=daemon_status, gpu_info=gpu_info,
+                         metrics=metrics)
         config = Config()
         config.graceful_timeout = GRACEFUL_TIMEOUT
         config.accesslog = None

@@ -86,6 +86,8 @@ def _dynamic(backend: Backend, full_data: bool) -> dict[str, Any]:
             "gpus": shell.pin.describe() if machine.pid is not None else [],
             "gpu_memory": backend.gpu_memory(),
             "last_free": backend.last_free,
+            # read live, never cached: probes change it while the definition stays the same
+            "health": machine.health_view(),
         })
     return data
 

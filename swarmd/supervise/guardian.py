@@ -31,7 +31,7 @@ import os
 import signal
 import time
 from collections import deque
-from typing import NamedTuple
+from collections.abc import Callable, Container
 
 #: The environment variable that marks every process of a backend start: `<instance>.<n>`.
 TOKEN_VAR = "SWARMD_START"
@@ -40,16 +40,26 @@ _TOKEN_KEY = TOKEN_VAR.encode() + b"="
 ROUNDS = 10
 
 
-class Proc(NamedTuple):
-    """One process as /proc/PID/stat shows it."""
+class Proc:
+    """One process as /proc/PID/stat shows it. (A plain class, not a typing.NamedTuple: importing typing
+    would cost the guardian 1.7 MB of its ~10.)"""
 
-    pid: int
-    ppid: int
-    pgrp: int
-    sid: int
-    starttime: int  # clock ticks after boot
-    zombie: bool
-    comm: str
+    __slots__ = ("pid", "ppid", "pgrp", "sid", "starttime", "zombie", "comm")
+
+    def __init__(self, pid: int, ppid: int, pgrp: int, sid: int, starttime: int, zombie: bool,
+                 comm: str) -> None:
+        self.pid, self.ppid, self.pgrp, self.sid = pid, ppid, pgrp, sid
+        self.starttime = starttime  # clock ticks after boot
+        self.zombie, self.comm = zombie, comm
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Proc) and all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash((self.pid, self.starttime))
+
+    def __repr__(self) -> str:
+        return f"Proc({', '.join(f'{f}={getattr(self, f)!r}' for f in self.__slots__)})"
 
 
 def _read(path: str, limit: int = 1 << 22) -> bytes | None:
@@ -104,6 +114,114 @@ def read_procs(proc: str = "/proc", read=None) -> dict[int, Proc]:
             if parsed is not None:
                 found[parsed.pid] = parsed
     return found
+
+
+#: At most this many looks at a tree in `read_tree` before it gives up (each one races what forks and dies).
+LOOKS = 5
+
+
+def read_children(pid: int, proc: str = "/proc",
+                  read: Callable[[str, int], bytes | None] | None = None) -> list[int] | None:
+    """The children of process `pid` -- of each of its threads: a child is listed under the thread that forked
+    it, an orphan adopted by a subreaper under its first live thread -- from /proc/PID/task/TID/children
+    (CONFIG_PROC_CHILDREN). `read(path, limit)` reads each whole file (default `_read`; b"" when empty).
+
+    None when they cannot be told: the process or a thread is gone, a thread ended while the lists were read
+    (it hands its children to another thread, perhaps one read already), or the kernel has no such files. A
+    thread that begins meanwhile is not waited for: its children are younger than this look."""
+    read = read or _read
+    task = f"{proc}/{pid}/task"
+    try:
+        threads = os.listdir(task)
+    except OSError:
+        return None
+    children = []
+    for tid in threads:
+        data = read(f"{task}/{tid}/children", 1 << 22)
+        if data is None:
+            return None
+        children.extend(int(word) for word in data.split())
+    try:
+        if not set(threads) <= set(os.listdir(task)):
+            return None
+    except OSError:
+        return None
+    return children
+
+
+def _children_stats(parent: int, skip: Container[int], proc: str, read: Callable[[str, int], bytes | None],
+                    read_list: Callable[[str, int], bytes | None] | None) -> dict[int, Proc] | None:
+    """The children of `parent` but those in `skip`, each with its stat read after the list. A child listed
+    that is gone by then, or is no longer `parent`'s, may have hidden a sibling (the kernel lists by position,
+    and a child that leaves shifts the rest): then the list is read again. None when it never comes out clean
+    in a few tries, or the list cannot be read."""
+    for _ in range(3):
+        listed = read_children(parent, proc, read_list)
+        if listed is None:
+            return None
+        found = {}
+        for pid in listed:
+            if pid in skip or pid in found:
+                continue
+            data = read(f"{proc}/{pid}/stat", 4096)
+            p = parse_stat(data) if data else None
+            if p is None or p.ppid != parent:
+                break
+            found[pid] = p
+        else:
+            return found
+    return None
+
+
+def _look_below(root: int, skip: Container[int], proc: str, read: Callable[[str, int], bytes | None],
+                read_list: Callable[[str, int], bytes | None] | None) -> dict[int, Proc] | None:
+    """One look for `read_tree`: the processes below `root` (less the subtrees of `skip`), or None when a list
+    could not be read clean."""
+    below = _children_stats(root, skip, proc, read, read_list)
+    if below is None:
+        return None
+    found = dict(below)
+    stack = [p for p in below.values() if not p.zombie]  # a zombie's children left at its death
+    while stack:
+        parent = stack.pop()
+        children = _children_stats(parent.pid, found, proc, read, read_list)
+        if children is None:
+            return None
+        found.update(children)
+        stack.extend(p for p in children.values() if not p.zombie)
+    return found
+
+
+def read_tree(root: int, skip: Container[int] = frozenset(), proc: str = "/proc",
+              read: Callable[[str, int], bytes | None] | None = None,
+              read_list: Callable[[str, int], bytes | None] | None = None,
+              looks: int = LOOKS) -> dict[int, Proc] | None:
+    """The descendants of process `root` by pid, less the children of `root` named in `skip` and their
+    descendants, whose files are never read: only the stat files (through `read(path, limit)`, default `_read`)
+    and children lists (`read_children` through `read_list`) of what is returned and of `root`'s threads --
+    and the stat of a pid listed as a child that was gone by the time its stat was read (read, never used).
+
+    The children lists are no atomic snapshot: a child that leaves a list while it is read can hide a sibling
+    (each listed child's stat is checked for that, `_children_stats`), and a process that dies hands its
+    children to its nearest living subreaper, perhaps after that one's list was read. So a look is trusted
+    only when it found nothing (whatever lived below `root` throughout would have been listed in `root`'s
+    list) or when the next look finds the same live processes (whoever moved in between shows up in the
+    second, or dies in it). A child in `skip` that leaves `root`'s list can hide a sibling unseen: the caller
+    must learn of each such departure otherwise (the daemon reaps its leaders itself, and asks for another
+    sweep). None when no look could be trusted after `looks` of them: the caller reads every process instead
+    (`read_procs`)."""
+    read = read or _read
+    previous = None
+    for _ in range(looks):
+        found = _look_below(root, skip, proc, read, read_list)
+        if found is None:
+            previous = None
+            continue
+        live = {(p.pid, p.starttime) for p in found.values() if not p.zombie}
+        if not found or live == previous:
+            return found
+        previous = live
+    return None
 
 
 def token_in(environ: bytes) -> str | None:

@@ -7,7 +7,8 @@ reads no clock. Its shell (`swarmd.supervise.shell`) starts processes, sends sig
 timers, and tells the machine what happened as *events*, each with the time it happened (trio's clock, so
 tests drive it with the autojump clock). `handle(event, now)` moves the machine to its next state and
 returns the *effects* the shell must carry out: spawn a process, start or cancel its readiness check,
-signal its process group, arm or cancel a timer, switch a remote monitor on or off, write a log line.
+start or stop its health probes, signal its process group, arm or cancel a timer, switch a remote monitor
+on or off, write a log line.
 
 The machine absorbs the restart policy:
 
@@ -19,6 +20,18 @@ The machine absorbs the restart policy:
   crash loop.
 * Ready for `stable_after` seconds (the STABLE timer) forgets the consecutive exits; a person's start,
   restart or a change of its settings forgets everything (SwarmUI never resets its attempts; swarmd does).
+
+Liveness: readiness is checked once per start; after it, a backend with a health check (`health_checks`)
+is probed every `health_interval` seconds by the shell, which reports `HealthOk` or `HealthFailed`. The
+machine counts consecutive failures of the current process: below `health_failures` the backend stays
+`running` (the count, the last error and the last answer are in `health_view`); at the count it is stopped
+by its ladder and the restart policy applies as for a failure, its message saying
+`not answering health checks for N s (last: <error>)`. Probes run only while RUNNING: every way out of
+LOADING/RUNNING also carries `WatchHealth off`, and a probe result for another pid, or while stopping, is
+ignored. A remote backend counts its failed checks the same way (RUNNING stays RUNNING until the count).
+A GPU that fails (`GpuFailed`, fed by the Fleet to the backends whose process runs on it) stops the backend
+by its ladder as a failure, its message naming the GPU; where the policy restarts it, the shell's placement
+never puts it back on that GPU.
 
 A start that fails before exec (missing program, a GPU pin that names no GPU) settles `errored` at once:
 retrying it would be a spin, not a recovery. Settings that cannot start anything (no command) settle
@@ -42,9 +55,14 @@ Transitions of a process backend (`*` is any state; "then" is what follows the s
     STARTING           StartFailed       policy settles              ERRORED   Log
     STARTING           StopRequested     the spawn is not done yet   DISABLED  (the shell spawns only in STARTING)
     DISABLED, ERRORED  Spawned           a spawn that lost the race  (same)    SignalGroup SIGKILL
-    LOADING            Ready                                         RUNNING   CancelTimer READY, ArmTimer STABLE, Log
+    LOADING            Ready                                         RUNNING   CancelTimer READY, ArmTimer STABLE, Log, WatchHealth on if checked
     LOADING            ReadyTimedOut                                 STOPPING  CancelReady, SignalGroup, ArmTimer STOP, Log
     RUNNING            Stable                                        RUNNING   (failures forgotten)
+    RUNNING            HealthOk                                      RUNNING   (health failures forgotten)
+    RUNNING            HealthFailed      below health_failures       RUNNING   (health failure counted)
+    RUNNING            HealthFailed      health_failures reached     STOPPING  WatchHealth off, SignalGroup, ArmTimer STOP, Log
+    STOPPING           HealthFailed                                  STOPPING  (ignored: the stop goes on)
+    LOADING, RUNNING   GpuFailed                                     STOPPING  CancelReady, WatchHealth off, SignalGroup, ArmTimer STOP, Log
     LOADING, RUNNING   Exited            policy restarts             BACKOFF   CancelReady, ArmTimer DELAY, Log
     LOADING, RUNNING   Exited            restarts, restart_delay 0   STARTING  CancelReady, Spawn, Log
     LOADING, RUNNING   Exited            policy settles              ERRORED   CancelReady, Log (DISABLED for a clean exit)
@@ -72,15 +90,17 @@ Transitions of a process backend (`*` is any state; "then" is what follows the s
 Transitions of a remote backend (a `comfyui_api` address: nothing to spawn, only health checks; the
 `*` rows above apply too)::
 
-    state                           event             guard       next         effects
-    DISABLED, ERRORED               StartRequested                CHECKING     Monitor on
-    DISABLED, ERRORED               RestartRequested  wanted      CHECKING     Monitor on
-    CHECKING, RUNNING, UNREACHABLE  RemoteUp                      RUNNING      Log (on change)
-    CHECKING, RUNNING, UNREACHABLE  RemoteDown                    UNREACHABLE  Log (on change)
-    CHECKING, RUNNING, UNREACHABLE  StartRefused      no address  DISABLED     Monitor off, Log
-    CHECKING, RUNNING, UNREACHABLE  StopRequested                 DISABLED     Monitor off
-    CHECKING, RUNNING, UNREACHABLE  RestartRequested  wanted      (same)       CheckNow
-    CHECKING, RUNNING, UNREACHABLE  Reconfigured      wanted      CHECKING     Monitor off, Monitor on
+    state                           event             guard                    next         effects
+    DISABLED, ERRORED               StartRequested                             CHECKING     Monitor on
+    DISABLED, ERRORED               RestartRequested  wanted                   CHECKING     Monitor on
+    CHECKING, RUNNING, UNREACHABLE  RemoteUp                                   RUNNING      Log (on change)
+    CHECKING, UNREACHABLE           RemoteDown                                 UNREACHABLE  Log (on change)
+    RUNNING                         RemoteDown        below health_failures    RUNNING      (health failure counted)
+    RUNNING                         RemoteDown        health_failures reached  UNREACHABLE  Log
+    CHECKING, RUNNING, UNREACHABLE  StartRefused      no address               DISABLED     Monitor off, Log
+    CHECKING, RUNNING, UNREACHABLE  StopRequested                              DISABLED     Monitor off
+    CHECKING, RUNNING, UNREACHABLE  RestartRequested  wanted                   (same)       CheckNow
+    CHECKING, RUNNING, UNREACHABLE  Reconfigured      wanted                   CHECKING     Monitor off, Monitor on
 
 `Reconfigured` on a backend that is not wanted only replaces the configuration. A change of kind (a
 process type edited into a remote one, or back) goes through the same rows: the old kind is stopped, the
@@ -137,6 +157,11 @@ class LifecycleConfig:
     stop_signal: int = signal.SIGTERM
     stop_timeout: float = 10.0
     allow_idle: bool = False  # remote: show "idle" rather than "errored" while unreachable
+    #: Liveness: whether the backend is probed once running (a process with a health_check; every remote).
+    health_checks: bool = False
+    health_interval: float = 10.0  # seconds between the starts of two probes (they never overlap)
+    health_timeout: float = 5.0  # a probe without an answer within this many seconds failed
+    health_failures: int = 3  # consecutive failed probes that stop a process (a remote: unreachable)
 
 
 # -- events (what happened) -----------------------------------------------------------------------------------
@@ -233,12 +258,40 @@ class StopTimedOut:
 
 @dataclass(frozen=True)
 class RemoteUp:
-    pass
+    at: float | None = None  # wall-clock time (time.time()) of the answer, shown as health.last_ok
 
 
 @dataclass(frozen=True)
 class RemoteDown:
     problem: str
+
+
+@dataclass(frozen=True)
+class HealthOk:
+    """A health probe of process `pid` (None: the current one) answered; `at` is the wall-clock time
+    (time.time()) of the answer, shown as health.last_ok (the machine reads no clock)."""
+
+    pid: int | None = None
+    at: float | None = None
+
+
+@dataclass(frozen=True)
+class HealthFailed:
+    """A health probe of process `pid` (None: the current one) failed; `error` says how (no answer within
+    5 s, connection refused, HTTP 500)."""
+
+    error: str
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class GpuFailed:
+    """A GPU the backend's process runs on failed (a critical Xid, or NVML lost it). `gpu` names it as a
+    person reads it (`1 (NVIDIA H200, GPU-2222...)`), `reason` says what happened (`Xid 79 (GPU has fallen
+    off the bus)`)."""
+
+    gpu: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -250,7 +303,7 @@ class Faulted:
 
 Event = (StartRequested | StopRequested | RestartRequested | KillRequested | Reconfigured | Spawned
          | SpawnFailed | StartFailed | StartRefused | Ready | Exited | ReadyTimedOut | Stable | DelayElapsed | StopTimedOut
-         | RemoteUp | RemoteDown | Faulted)
+         | RemoteUp | RemoteDown | HealthOk | HealthFailed | GpuFailed | Faulted)
 
 #: The event each timer delivers when it fires.
 TIMER_EVENTS: dict[Timer, type] = {Timer.DELAY: DelayElapsed, Timer.READY: ReadyTimedOut, Timer.STABLE: Stable,
@@ -273,6 +326,14 @@ class WatchReady:
 @dataclass(frozen=True)
 class CancelReady:
     """Stop the readiness check, if one runs."""
+
+
+@dataclass(frozen=True)
+class WatchHealth:
+    """Start (on) or stop (off) the health probes of the current process, every `health_interval` s with
+    the current settings; report HealthOk/HealthFailed. Off when none runs is nothing."""
+
+    on: bool
 
 
 @dataclass(frozen=True)
@@ -310,7 +371,8 @@ class Log:
     tail: bool = False  # add the process's last output lines
 
 
-Effect = Spawn | WatchReady | CancelReady | SignalGroup | ArmTimer | CancelTimer | Monitor | CheckNow | Log
+Effect = (Spawn | WatchReady | CancelReady | WatchHealth | SignalGroup | ArmTimer | CancelTimer | Monitor | CheckNow
+          | Log)
 
 
 # -- what follows a stop ----------------------------------------------------------------------------------------
@@ -352,11 +414,18 @@ class Lifecycle:
     restarts: int = 0  # automatic restarts, ever
     last_exit: ExitInfo | None = None
     consecutive_exits: int = 0
+    #: Liveness, where health checks apply (see `health_view`): consecutive failed probes of the current
+    #: process (or remote), the last probe error seen (kept across restarts: it says why the last one
+    #: was stopped), the wall-clock time of the last probe that answered.
+    health_failures: int = 0
+    health_error: str = ""
+    health_ok_at: float | None = None
     #: The status the API shows (SwarmUI's names), kept current by `handle`: ListBackends of a thousand
     #: backends reads it a thousand times.
     status: str = "disabled"
     _start_times: deque[float] = field(default_factory=deque)
     _then: _Then | None = None
+    _health_since: float = 0.0  # the machine's time of the last answer (or of becoming running)
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -369,6 +438,15 @@ class Lifecycle:
         if state is State.UNREACHABLE:
             return "idle" if self.config.allow_idle else "errored"
         return state.value
+
+    def health_view(self) -> dict[str, object] | None:
+        """`full_data`'s `health` where health checks apply (None elsewhere): the consecutive failures of
+        the current process, the last error (None when none was seen), the wall-clock time of the last
+        probe that answered (None before any)."""
+        if not self.config.health_checks:
+            return None
+        return {"failures": self.health_failures, "last_error": self.health_error or None,
+                "last_ok": self.health_ok_at}
 
     @property
     def at_rest(self) -> bool:
@@ -465,6 +543,7 @@ class Lifecycle:
     def _on_Spawned(self, event: Spawned, now: float, out: list[Effect]) -> None:
         self.pid, self.port = event.pid, event.port
         self.starts += 1
+        self.health_failures = 0  # a new process: its own count
         self._start_times.append(now)
         self._forget_starts_before(now - self.config.start_limit_interval)
         if self.state is not State.STARTING:  # not wanted any more (the shell checks before it spawns)
@@ -502,8 +581,11 @@ class Lifecycle:
         if self.state is not State.LOADING or (event.pid is not None and event.pid != self.pid):
             return
         self._set(State.RUNNING, "")
+        self._health_since = now
         out += [CancelTimer(Timer.READY), ArmTimer(Timer.STABLE, self.config.stable_after),
                 Log(logging.INFO, f"ready (pid {self.pid}, port {self.port})")]
+        if self.config.health_checks:
+            out.append(WatchHealth(True))
 
     def _on_ReadyTimedOut(self, event: ReadyTimedOut, now: float, out: list[Effect]) -> None:
         if self.state is not State.LOADING:
@@ -533,7 +615,7 @@ class Lifecycle:
             then, self._then = self._then, None
             self._settle(then, now, out, pid=event.pid, cause=event.cause)
         elif state in _ALIVE:
-            out += [CancelReady(), CancelTimer(Timer.READY), CancelTimer(Timer.STABLE)]
+            out += [CancelReady(), WatchHealth(False), CancelTimer(Timer.READY), CancelTimer(Timer.STABLE)]
             self._after_exit(now, event.exit.describe(), not event.exit.success, out, pid=event.pid,
                              cause=event.cause)
         # Any other state: a faulted process that has now ended; the exit is recorded above.
@@ -543,18 +625,69 @@ class Lifecycle:
             self._spawn(out)
 
     def _on_RemoteUp(self, event: RemoteUp, now: float, out: list[Effect]) -> None:
-        if self.state in _REMOTE and self.state is not State.RUNNING:
+        if self.state not in _REMOTE:
+            return
+        self._answered(event.at, now)
+        if self.state is not State.RUNNING:
             self._set(State.RUNNING, "")
             out.append(Log(logging.INFO, "reachable: running"))
 
     def _on_RemoteDown(self, event: RemoteDown, now: float, out: list[Effect]) -> None:
-        message = f"unreachable: {event.problem}"
-        if self.state in _REMOTE and (self.state, self.message) != (State.UNREACHABLE, message):
-            self._set(State.UNREACHABLE, message)
-            out.append(Log(logging.INFO, message))
+        if self.state not in _REMOTE:
+            return
+        previous, self.health_error = self.health_error, event.problem
+        self.health_failures += 1
+        if self.state is State.RUNNING:
+            # Running: a check that fails now and then (a busy remote) is not an outage.
+            if self.health_failures < self.config.health_failures:
+                return
+            self._set(State.UNREACHABLE, f"unreachable: {self._not_answering(event.problem, now)}")
+            out.append(Log(logging.WARNING, self.message))
+        elif self.state is State.CHECKING or event.problem != previous:  # news: say it (once)
+            self._set(State.UNREACHABLE, f"unreachable: {event.problem}")
+            out.append(Log(logging.INFO, self.message))
+
+    def _on_HealthOk(self, event: HealthOk, now: float, out: list[Effect]) -> None:
+        if self.state is State.RUNNING and self._current(event.pid):
+            self._answered(event.at, now)
+
+    def _on_HealthFailed(self, event: HealthFailed, now: float, out: list[Effect]) -> None:
+        # Only a running process is judged: while it stops (or after), a probe that fails is no news.
+        if self.state is not State.RUNNING or not self._current(event.pid):
+            return
+        self.health_failures += 1
+        self.health_error = event.error
+        if self.health_failures < self.config.health_failures:
+            return
+        text = self._not_answering(event.error, now)
+        out.append(Log(logging.WARNING, f"pid {self.pid} {text}: stopping it", tail=True))
+        self._stop(_Failed(text), out, message=text)
+
+    def _on_GpuFailed(self, event: GpuFailed, now: float, out: list[Effect]) -> None:
+        if self.state not in _ALIVE or self.config.remote:
+            return  # no process of its own on that GPU now; its next start is placed afresh
+        text = f"GPU {event.gpu} failed: {event.reason}"
+        out.append(Log(logging.ERROR, f"pid {self.pid}: {text}: stopping it", tail=True))
+        self._stop(_Failed(text), out, message=text)
+
+    def _current(self, pid: int | None) -> bool:
+        """Whether a probe's report is about the current process (None: it is)."""
+        return pid is None or pid == self.pid
+
+    def _answered(self, at: float | None, now: float) -> None:
+        """A probe answered: the failures are forgotten."""
+        self.health_failures = 0
+        self._health_since = now
+        if at is not None:
+            self.health_ok_at = at
+
+    def _not_answering(self, error: str, now: float) -> str:
+        """`not answering health checks for 30 s (last: no answer within 5 s)`: the time since the last
+        answer (or since it became running), and the last probe's error."""
+        return f"not answering health checks for {_seconds(max(now - self._health_since, 0.0))} (last: {error})"
 
     def _on_Faulted(self, event: Faulted, now: float, out: list[Effect]) -> None:
-        out += [CancelReady(), Monitor(False)] + [CancelTimer(timer) for timer in Timer]
+        out += [CancelReady(), WatchHealth(False), Monitor(False)] + [CancelTimer(timer) for timer in Timer]
         if self.pid is not None:
             out.append(SignalGroup(signal.SIGKILL))
         self._then = None
@@ -577,7 +710,7 @@ class Lifecycle:
         config = config or self.config
         self._then = then
         self._set(State.STOPPING, message if message is not None else f"Stopping (pid {self.pid})")
-        out += [CancelReady(), CancelTimer(Timer.READY), CancelTimer(Timer.STABLE),
+        out += [CancelReady(), WatchHealth(False), CancelTimer(Timer.READY), CancelTimer(Timer.STABLE),
                 SignalGroup(config.stop_signal), ArmTimer(Timer.STOP, config.stop_timeout)]
 
     def _settle(self, then: _Then | None, now: float | None, out: list[Effect], pid: int | None = None,

@@ -1,4 +1,5 @@
-"""Readiness probes: is a freshly started backend ready to serve?
+"""Readiness probes: is a freshly started backend ready to serve? And health probes: does a running one
+still answer?
 
 Each probe retries with a gentle backoff (10 ms doubling to 1 s, never a busy loop) until it succeeds;
 the caller bounds it with the backend's ready_timeout and cancels it when the child dies.
@@ -9,6 +10,12 @@ child dies with "address already in use". So a probe may be given `owned`, asked
 succeeds: the probe counts only when `owned()` says the listening socket may be the backend's
 (`backend_owns` builds it from the backend's process group with `swarmd.supervise.ports`); otherwise the
 probe backs off and tries again, and the ready timeout or the child's exit ends the start as before.
+
+Health probes (`probe_once`) are single shots of the same tcp and http checks, bounded by a timeout, that
+say what went wrong instead of retrying: the shell repeats them every health_interval once the backend runs
+and the lifecycle counts the failures. They do not ask `owned` again: readiness proved the port the
+backend's, and the backend keeps it while it runs (a walk of /proc at every probe would cost more than it
+could tell).
 
 A limit of that rule: a backend whose port is served by a process outside its process group (`docker run
 -p` serves it through docker-proxy, a command that hands the work to a system service) is never ready by a
@@ -139,3 +146,26 @@ def backend_owns(check: str, port: int, pgid: int) -> Owned | None:
         return await ports.owned_by_group(target, pgid)
 
     return owned
+
+
+async def probe_once(check: str, port: int, timeout: float) -> str | None:
+    """One health probe of `check` (tcp: connect to 127.0.0.1:`port`; http://...: GET answered 2xx or 3xx),
+    given `timeout` seconds. Returns None when it answered, else what went wrong, for a status message:
+    `no answer within 5 s`, `cannot connect to 127.0.0.1:8188: Connection refused`, `answered HTTP 500`.
+    Raises nothing of its own (a check other than tcp or http:// is a programming error: ValueError)."""
+    with trio.move_on_after(timeout):
+        if check == "tcp":
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError as err:
+                return f"cannot connect to 127.0.0.1:{port}: {err.strerror or err}"
+            await stream.aclose()
+            return None
+        if not check.startswith("http://"):
+            raise ValueError(f"unknown health_check {describe(check)}")
+        try:
+            response = await request("GET", check, timeout=timeout)
+        except HttpError as err:
+            return str(err)
+        return None if 200 <= response.status < 400 else f"{check} answered HTTP {response.status}"
+    return f"no answer within {timeout:g} s"

@@ -32,8 +32,14 @@ whatever session or group it moves to -- a `Containment` (one per daemon) owns t
 * its own cgroup, where the daemon has a delegated cgroup v2 subtree (see swarmd/cgroups.py): exact
   membership, limits (memory_max, cpu_weight), and `cgroup.kill`.
 
-A sweep -- a /proc walk in a worker thread, batched: one walk serves every request made before it began
--- labels each process with its start (leader, token, cgroup, or the start's group/session; then by
+A sweep -- a look at /proc in a worker thread, batched: one sweep serves every request made before it
+began -- reads, as subreaper, only what it must look at: the daemon's children lists
+(/proc/PID/task/TID/children), the subtrees of its children that are not running leaders (orphans, and
+what is left of ended starts: re-parented to the daemon when their leader died), and the trees of running
+leaders whose escapes are to be signalled -- never the running leaders' trees otherwise, nor any other
+process of the machine, so its cost follows what ended, not the size of the fleet or the machine. Where
+the daemon is not the subreaper, the kernel has no children lists, or no look can be trusted (they are not
+atomic snapshots: see `_look`), it reads every process instead. It labels each process with its start (leader, token, cgroup, or the start's group/session; then by
 propagation to children, sessions and groups) and SIGKILLs, round after round until none is new, each
 process of a start that is over. A labelled orphan is killed only when no start still running can own
 it: when it is older than every running start (its start time against theirs). What it knows of running
@@ -56,7 +62,6 @@ and an unattributed orphan younger than the snapshot are never touched.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import secrets
@@ -71,6 +76,7 @@ import trio
 
 from swarmd import accounts, cgroups
 from swarmd.supervise import guardian as core
+from swarmd.supervise.pipes import OnOutput, PipeGroup, PipeReader
 from swarmd.types import LaunchSpec
 
 log = logging.getLogger("swarmd.process")
@@ -79,7 +85,6 @@ log = logging.getLogger("swarmd.process")
 PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC",
                "WATCHDOG_PID", "SWARMD_SOCKET")
 
-MAX_LINE = 64 * 1024  # longer output lines are cut (a child printing binary junk must not eat memory)
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,9 @@ class _View:
     now: int  # boot ticks as the view was taken: a younger process may belong to a start begun since
     signals: tuple[tuple[int, int, int], ...]  # (start number, signal, its pgid): to its escaped processes
     rmdirs: tuple[str, ...]  # cgroups to remove
+    # Whether the kernel lists each thread's children (/proc/PID/task/TID/children, CONFIG_PROC_CHILDREN): then a
+    # subreaper's sweep reads only what it must look at (`_look`), not every process of the machine.
+    children: bool = False
 
 
 @dataclass
@@ -239,9 +247,10 @@ class _Swept:
 
 
 def _ours(procs: dict[int, core.Proc], view: _View) -> dict[int, core.Proc]:
-    """The processes a sweep looks at: as subreaper, the daemon's descendants (every process of every
-    start is one); otherwise every process. The daemon and the guardian stay in (`_attribute` never labels
-    them, and their sessions and groups spread no label)."""
+    """The processes a sweep looks at when it has read every process of the machine (`_look`'s fallback):
+    as subreaper, the daemon's descendants (every process of every start is one); otherwise every process.
+    The daemon and the guardian stay in (`_attribute` never labels them, and their sessions and groups spread
+    no label)."""
     if not view.subreaper:
         return procs
     children: dict[int, list[int]] = {}
@@ -287,9 +296,66 @@ def _attribute(procs: dict[int, core.Proc], view: _View) -> dict[int, object]:
     return labels
 
 
-def _sweep(view: _View) -> _Swept:
+#: How a sweep reads a /proc file: `(path, limit)` -> its bytes, None when it cannot be read.
+Reader = Callable[[str, int], bytes | None]
+
+
+_children_files: list[bool] = []  # `_children_listed`'s answer, once asked
+
+
+def _children_listed() -> bool:
+    """Whether this kernel lists each thread's children (/proc/PID/task/TID/children, CONFIG_PROC_CHILDREN),
+    as this process's main thread shows. Asked once: a kernel does not change its mind."""
+    if not _children_files:
+        pid = os.getpid()
+        _children_files.append(os.path.exists(f"/proc/{pid}/task/{pid}/children"))
+    return _children_files[0]
+
+
+def _look(view: _View, read: Reader, read_list: Reader) -> dict[int, core.Proc]:
+    """The processes one round of a sweep looks at, by pid: stat files read through `read`, children lists
+    through `read_list`.
+
+    As subreaper, where the kernel lists children (`view.children`): only the daemon's descendants that can
+    be anything but a running start's -- the subtrees of its children that are not live leaders (the orphans
+    it adopted: escapes, and what is left of ended starts; starts begun since the view) and of the live
+    leaders whose escapes are to be signalled. Nothing else is read: not the rest of the machine, nor the
+    trees of the running leaders, which at 10,000 backends are nearly all of the daemon's descendants. What
+    only those trees hold is no ended start's (a start's processes descend from its leader, and an orphan
+    goes to the daemon, not into another start's tree) and needs no signal; a running start's escape outside
+    them is looked at, and spared as before. Otherwise -- not the subreaper, no children files, or a look the
+    racing lists made doubtful (`core.read_tree`), or a guardian that died meanwhile (it leaves the daemon's
+    list unannounced) -- every process of the machine, narrowed by `_ours`. Either way the daemon and the
+    guardian are in (`_attribute` never labels them, and their sessions and groups spread no label)."""
+    if view.subreaper and view.children:
+        signalled = {pgid for _, _, pgid in view.signals}
+        skip = {pid for pid in view.leaders if pid not in signalled}
+        if view.guardian:
+            skip.add(view.guardian)
+        # A leader that leaves the daemon's list while it is read can hide a sibling from that look
+        # (`core.read_tree`): each one leaves by being reaped here (`Child._reap`), which asks for a sweep
+        # after this one.
+        found = core.read_tree(view.daemon, skip, read=read, read_list=read_list)
+        if found is not None:
+            for pid in (view.daemon, view.guardian):
+                data = read(f"/proc/{pid}/stat", 4096) if pid else None
+                p = core.parse_stat(data) if data else None
+                if p is not None:
+                    found[pid] = p
+            if not view.guardian or (view.guardian in found and not found[view.guardian].zombie):
+                return found
+    return _ours(core.read_procs(read=read), view)
+
+
+def _sweep(view: _View, read: Reader | None = None, read_list: Reader | None = None) -> _Swept:
     """One sweep (in a worker thread): signal the escaped processes of running starts as asked, SIGKILL
-    every process of a start that is over, remove the cgroups asked."""
+    every process of a start that is over, remove the cgroups asked. It reads /proc through `read` (stat
+    files; default: `_read_stat`, which keeps the GIL through its short reads) and `read_list` (children
+    lists; default: `core._read`, which hands the GIL back during each read: the daemon's own list at
+    10,000 backends takes the kernel milliseconds). Raises nothing of its own: a process that is gone is
+    simply not found, or not killed."""
+    read = read or _read_stat
+    read_list = read_list or core._read
     oldest_running = min([born for born, _, ending in view.starts.values() if not ending] + [view.now])
     signals = list(view.signals)
     labels_of: dict[tuple[int, int], object] = {}
@@ -304,8 +370,7 @@ def _sweep(view: _View) -> _Swept:
 
     def find() -> list[core.Proc]:
         nonlocal signals, last
-        last = core.read_procs(read=_read_stat)
-        procs = _ours(last, view)
+        last = procs = _look(view, read, read_list)
         labels = _attribute(procs, view)
         for number, signum, pgid in signals:
             for pid, label in labels.items():
@@ -453,7 +518,7 @@ class Containment:
     async def _drive(self) -> None:
         try:
             while self._next is not None:
-                # A sweep walks every process in a worker thread that holds the GIL for milliseconds: let
+                # A sweep reads /proc in a worker thread that holds the GIL for a while: let
                 # the exit it follows be reported and its backend restarted first (and batch the exits
                 # that come together, e.g. a stop of many backends).
                 await trio.sleep(SWEEP_DELAY)
@@ -476,7 +541,7 @@ class Containment:
             cgroups=self.subtree is not None,
             starts={n: (s.born, s.pid, s.ending) for n, s in self._starts.items()},
             leaders={pid: s.number for pid, s in self._leaders.items()}, newest=self._newest, now=boot_ticks(),
-            signals=tuple(self._signals), rmdirs=rmdirs)
+            signals=tuple(self._signals), rmdirs=rmdirs, children=self.subreaper and _children_listed())
         self._signals = []
         swept = await trio.to_thread.run_sync(_sweep, view)
         leaders = {n: pid for n, (_, pid, _) in view.starts.items()}
@@ -709,11 +774,18 @@ class Child:
             self._guardian.containment.signal(self._start, sig)
 
 
-def child_environment(spec: LaunchSpec) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+_PRIVATE_ENV_BYTES = frozenset(name.encode() for name in PRIVATE_ENV)
+
+
+def _popen_environment(spec: LaunchSpec, extra: dict[str, str]) -> dict[bytes, bytes]:
+    """A backend's environment, as the bytes Popen passes to exec: the daemon's (less its private protocol
+    variables), less `spec.unset_env`, plus `spec.env`, plus `extra`. Built from `os.environb`: os.environ
+    would decode every entry and Popen encode it again, a tenth of a millisecond per start."""
+    env = {k: v for k, v in os.environb.items() if k not in _PRIVATE_ENV_BYTES}
     for name in spec.unset_env:
-        env.pop(name, None)
-    env.update(spec.env)
+        env.pop(os.fsencode(name), None)
+    for name, value in (*spec.env.items(), *extra.items()):
+        env[os.fsencode(name)] = os.fsencode(value)
     return env
 
 
@@ -732,15 +804,13 @@ def spawn(spec: LaunchSpec, guardian: Guardian | None) -> tuple[Child, int, int]
     one the user may enter for what it runs there to work.
     """
     ids = accounts.run_as(spec.user, spec.group)
-    env = child_environment(spec)
-    for name, value in ids.env:
-        if name not in spec.env:
-            env[name] = value
+    extra = {name: value for name, value in ids.env if name not in spec.env}
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     start = guardian.containment.begin(spec) if guardian is not None else None  # never raises
     if start is not None:
-        env[TOKEN_VAR] = start.token  # last: neither the daemon's environment nor the spec sets it
+        extra[TOKEN_VAR] = start.token  # last: neither the daemon's environment nor the spec sets it
+    env = _popen_environment(spec, extra)
     try:
         popen = subprocess.Popen(
             list(spec.argv), cwd=spec.cwd, env=env,
@@ -781,51 +851,21 @@ def describe_spawn_error(err: Exception, spec: LaunchSpec) -> str:
     return f"cannot start {program!r}: {os.strerror(err.errno) if err.errno else err}"
 
 
-async def pump_chunks(fd: int, stream: str, on_output: Callable[[str, list[str]], None]) -> None:
-    """Read `fd` until EOF, calling `on_output(stream, lines)` once per chunk read (the complete lines in it;
-    a line longer than MAX_LINE is cut). Owns and closes `fd`."""
-    os.set_blocking(fd, False)
-    pipe = trio.lowlevel.FdStream(fd)
-    pending = b""
-    try:
-        while True:
-            try:
-                data = await pipe.receive_some(65536)
-            except trio.ClosedResourceError:
-                break
-            except OSError as err:
-                if err.errno == errno.EBADF:
-                    break
-                raise
-            if not data:
-                break
-            pending += data
-            if b"\n" not in pending:
-                if len(pending) > MAX_LINE:
-                    on_output(stream, [pending[:MAX_LINE].decode("utf-8", "replace") + " [cut]"])
-                    pending = b""
-                continue
-            *raw_lines, pending = pending.split(b"\n")
-            on_output(stream, [raw[:MAX_LINE].rstrip(b"\r").decode("utf-8", "replace") for raw in raw_lines])
-        if pending:
-            on_output(stream, [pending[:MAX_LINE].decode("utf-8", "replace")])
-    finally:
-        await pipe.aclose()
-
-
 class ChildProcess:
     """A backend's process as its shell drives it (`supervise.shell.Process`): the Child and the read ends
-    of its output pipes, which `pump` owns and closes."""
+    of its output pipes, which the daemon's `PipeReader` reads and closes."""
 
-    def __init__(self, child: Child, out_fd: int, err_fd: int) -> None:
+    def __init__(self, child: Child, out_fd: int, err_fd: int, reader: PipeReader) -> None:
         self.child = child
         self.pid = child.pid
         self._fds = (out_fd, err_fd)
+        self._reader = reader
 
     @classmethod
-    def start(cls, spec: LaunchSpec, guardian: Guardian | None) -> ChildProcess:
-        """Spawn `spec` (see `spawn`). Raises OSError, ValueError or SubprocessError."""
-        return cls(*spawn(spec, guardian))
+    def start(cls, spec: LaunchSpec, guardian: Guardian | None, reader: PipeReader) -> ChildProcess:
+        """Spawn `spec` (see `spawn`); `reader` will read its output. Raises OSError, ValueError or
+        SubprocessError."""
+        return cls(*spawn(spec, guardian), reader)
 
     async def wait(self) -> ExitInfo:
         return await self.child.wait()
@@ -840,7 +880,12 @@ class ChildProcess:
             self.child.kill_group(signum)
             self.child.signal_escapes(signum)  # the start's processes outside the group, a moment later
 
-    async def pump(self, on_output: Callable[[str, list[str]], None]) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump_chunks, self._fds[0], "stdout", on_output)
-            nursery.start_soon(pump_chunks, self._fds[1], "stderr", on_output)
+    def read_output(self, on_output: OnOutput) -> PipeGroup:
+        """Have the daemon's reader deliver its output to `on_output` from now on (see `PipeReader.watch`).
+        Raises OSError when the pipes cannot be watched (they are closed then)."""
+        try:
+            return self._reader.watch(((self._fds[0], "stdout"), (self._fds[1], "stderr")), on_output)
+        except OSError:
+            for fd in self._fds:
+                os.close(fd)
+            raise

@@ -10,8 +10,9 @@ re-entrantly.
 
 Tasks run in the nursery the shell is given, and only while there is something to wait for: one task per
 live process (it pumps the output, waits for the exit through pidfd and reports it), one for the
-readiness check while loading, one for the timers while any is armed, one for a remote backend's health
-checks. A backend at rest has no task at all.
+readiness check while loading, one for the health probes while running (when it has a health_check), one
+for the timers while any is armed, one for a remote backend's health checks. A backend at rest has no task
+at all.
 
 Fault boundary: every task of the shell runs inside `_guarded`, and every effect inside `feed`'s. Whatever
 raises there -- a backend type's launch, a probe, a free-memory hook, a bug of ours -- is logged with its
@@ -32,7 +33,7 @@ import os
 import re
 import signal
 import socket
-from collections import deque
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from subprocess import SubprocessError
 from typing import Any, Protocol
@@ -53,6 +54,8 @@ from swarmd.supervise.lifecycle import (
     Event,
     Exited,
     Faulted,
+    HealthFailed,
+    HealthOk,
     Lifecycle,
     LifecycleConfig,
     Log,
@@ -68,18 +71,30 @@ from swarmd.supervise.lifecycle import (
     StartRefused,
     State,
     Timer,
+    WatchHealth,
     WatchReady,
 )
 from swarmd.supervise.output import LogLine, OutputRing
-from swarmd.supervise.probes import backend_owns, wait_ready
+from swarmd.supervise.probes import backend_owns, probe_once, wait_ready
 from swarmd.supervise.process import ExitInfo, describe_spawn_error
+from swarmd.supervise.stats import BackendStats
 from swarmd.types import BackendType, LaunchFailed, LaunchRefused, LaunchSpec
 
 log = logging.getLogger("swarmd.supervisor")
 
 TAIL_LINES = 20  # lines of output logged with an unexpected exit
+TELLING_LINES = 200  # the newest lines of a process's output searched for its telling line
 DRAIN_SECONDS = 0.5  # after the leader exits, how long its output pipes may still deliver
 CLEANUP_SECONDS = 2.0  # a cancelled shell waits this long for its SIGKILLed process
+
+
+class Output(Protocol):
+    """A process's output being read (see `supervise.pipes.PipeGroup`)."""
+
+    closed: trio.Event  # set once every pipe reached end of file (or reading it failed)
+
+    def release(self) -> None:
+        """Stop reading (the last partial line is delivered) and close the pipes. Idempotent."""
 
 
 class Process(Protocol):
@@ -96,8 +111,10 @@ class Process(Protocol):
     def signal_group(self, signum: int) -> None:
         """Send `signum` to its whole process group (nothing when it is gone)."""
 
-    async def pump(self, on_output: Callable[[str, list[str]], None]) -> None:
-        """Read its output until EOF, calling `on_output(stream, lines)` once per chunk read."""
+    def read_output(self, on_output: Callable[[str, str], None]) -> Output:
+        """Start delivering its output, `on_output(stream, text)` once per chunk read (`text`: the chunk's
+        complete lines, joined by "\\n") -- read by the daemon's one reader, no task of the caller. Raises
+        OSError when the pipes cannot be watched."""
 
 
 #: Starts a process from a LaunchSpec. Raises OSError, ValueError or SubprocessError when it cannot.
@@ -112,8 +129,12 @@ def pick_free_port() -> int:
 
 
 class BackendShell:
-    """Carries out one backend's lifecycle. Owns its current process, readiness check, timers and remote
-    monitor; the `Lifecycle` owns its state. The Fleet sets `type`/`settings` and feeds events."""
+    """Carries out one backend's lifecycle. Owns its current process, readiness check, health probes,
+    timers and remote monitor; the `Lifecycle` owns its state. The Fleet sets `type`/`settings` and feeds
+    events."""
+
+    #: The cancel scope of the running health probes (`_watch_health`), None while none run.
+    _health_scope: trio.CancelScope | None = None
 
     def __init__(self, *, label: str, backend_type: BackendType, settings: dict[str, Any],
                  ring: OutputRing, nursery: trio.Nursery, spawner: Spawner,
@@ -129,6 +150,7 @@ class BackendShell:
         self.settings = settings
         self.ring = ring
         self.machine = Lifecycle(config=backend_type.lifecycle_config(settings))
+        self.stats = BackendStats()  # what the metrics count for this backend (supervise/stats.py)
         self.spec: LaunchSpec | None = None  # of the current (or last) process
         self.pin = Pin()  # the GPUs of the current (or last) process
         self._nursery = nursery
@@ -140,16 +162,17 @@ class BackendShell:
         self._spawn_id = 0  # the latest Spawn effect's: an older spawn task that awaited gives way
         self._first_seq = 0  # the ring's last line before the current process started
         self._containing = 0  # processes that exited whose escaped descendants are still being killed
-        self._queue: deque[Event] = deque()
+        self._queue: list[Event] = []  # (a list: an empty deque costs ten times as much, per backend)
         self._feeding = False
-        self._changed = trio.Event()
+        # Events are made when someone waits: a thousand backends at rest hold none.
+        self._changed: trio.Event | None = None  # wait_for's
         self._deadlines: dict[Timer, float] = {}
-        self._timer_wakeup = trio.Event()
+        self._timer_wakeup: trio.Event | None = None  # the timer task's, while it runs
         self._timer_running = False
         self._ready_scope: trio.CancelScope | None = None
         self._matcher: re.Pattern[str] | None = None  # a log: readiness check, while loading
         self._monitor_scope: trio.CancelScope | None = None
-        self._check_now = trio.Event()
+        self._check_now: trio.Event | None = None  # the remote monitor's, while it waits
 
     # -- the machine's door ---------------------------------------------------------------------------------
 
@@ -161,26 +184,29 @@ class BackendShell:
         self._feeding = True
         try:
             while self._queue:
-                self._handle(self._queue.popleft())
+                self._handle(self._queue.pop(0))
         finally:
             self._feeding = False
         self._notify()
 
     def _notify(self) -> None:
         """Wake whoever waits for a change (`wait_for`) and tell the Fleet."""
-        changed, self._changed = self._changed, trio.Event()
-        changed.set()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
         self._on_change()
 
     def _handle(self, event: Event) -> None:
         """One event through the machine, then its effects: the fault boundary of everything synchronous."""
+        before, now = self.machine.state, trio.current_time()
         try:
-            effects = self.machine.handle(event, trio.current_time())
+            effects = self.machine.handle(event, now)
         except Exception as err:
             log.exception("%s: the lifecycle could not take %s", self.label, type(event).__name__)
             if not isinstance(event, Faulted):
                 self._fault(err)
             return
+        self.stats.observe(event, before, self.machine, now)  # ready since, start-to-ready (metrics)
         for effect in effects:
             try:
                 self._do(effect)
@@ -203,6 +229,8 @@ class BackendShell:
     async def wait_for(self, predicate: Callable[[Lifecycle], bool]) -> None:
         """Return once `predicate(lifecycle)` holds (checked after every change)."""
         while not predicate(self.machine):
+            if self._changed is None:
+                self._changed = trio.Event()
             await self._changed.wait()
 
     async def wait_at_rest(self) -> None:
@@ -231,12 +259,15 @@ class BackendShell:
             case ArmTimer(timer=timer, seconds=seconds):
                 self._arm(timer, seconds)
             case CancelTimer(timer=timer):
-                if self._deadlines.pop(timer, None) is not None:
+                if self._deadlines.pop(timer, None) is not None and self._timer_wakeup is not None:
                     self._timer_wakeup.set()  # the timer task looks again (and ends when none is left)
+            case WatchHealth(on=on):
+                self._watch_health(on)
             case Monitor(on=on):
                 self._monitor(on)
             case CheckNow():
-                self._check_now.set()
+                if self._check_now is not None:
+                    self._check_now.set()
             case Log(level=level, message=message, tail=tail):
                 self._log(level, message, tail)
             case _:  # pragma: no cover - the Effect union is closed
@@ -289,17 +320,21 @@ class BackendShell:
         self.feed(Spawned(process.pid, port))
 
     async def _run_process(self, process: Process) -> None:
-        """Pump the output of `process`, wait for its exit, report it. A cancelled run kills the group."""
+        """Have the output of `process` read, wait for its exit, report it: the one task of a live process.
+        A cancelled run kills the group."""
         exit_info: ExitInfo | None = None
+        output: Output | None = None
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(process.pump, self._on_output)
-                exit_info = await process.wait()
-                # Give the pipes a moment to deliver the last lines, then stop reading (a grandchild
-                # that escaped the group could hold them open forever).
-                nursery.cancel_scope.deadline = trio.current_time() + DRAIN_SECONDS
+            output = process.read_output(self._on_output)
+            exit_info = await process.wait()
+            # Give the pipes a moment to deliver the last lines, then stop reading (a grandchild that
+            # escaped the group could hold them open forever).
+            with trio.move_on_after(DRAIN_SECONDS):
+                await output.closed.wait()
         finally:
-            if exit_info is None:  # cancelled (the daemon stops at once): never leave an orphan
+            if output is not None:
+                output.release()
+            if exit_info is None:  # cancelled (the daemon stops at once), or no output: never an orphan
                 process.signal_group(signal.SIGKILL)
                 with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_SECONDS):
                     await process.wait()
@@ -307,21 +342,27 @@ class BackendShell:
             self._process = None
         self._containing += 1  # the exit is news now; its escaped processes are killed meanwhile
         try:
-            self.feed(Exited(process.pid, exit_info, telling_line(self.ring.since(self._first_seq))))
+            output = self.ring.since(self._first_seq, newest=TELLING_LINES)
+            self.feed(Exited(process.pid, exit_info, telling_line(output)))
             await process.contained()
         finally:
             self._containing -= 1
             self._notify()
 
-    def _on_output(self, stream: str, lines: list[str]) -> None:
-        ring = self.ring
-        for line in lines:
-            ring.append(stream, line)
-        logs.forward_output(self.label, stream, lines)
-        matcher = self._matcher
-        if matcher is not None and any(matcher.search(line) for line in lines):
-            self._matcher = None
-            self.feed(Ready(self.machine.pid))
+    def _on_output(self, stream: str, text: str) -> None:
+        """One chunk of the process's output (see `supervise.pipes`): into the ring and the daemon's log as
+        one piece; a `log:` readiness pattern is matched line by line, only while loading. Called by the
+        daemon's pipe reader, which serves every backend: whatever fails here is this backend's fault."""
+        try:
+            self.ring.append_lines(stream, text)
+            logs.forward_output(self.label, stream, text)
+            matcher = self._matcher
+            if matcher is not None and any(matcher.search(line) for line in text.split("\n")):
+                self._matcher = None
+                self.feed(Ready(self.machine.pid))
+        except Exception as err:
+            log.exception("%s: reading its output failed", self.label)
+            self.feed(Faulted(f"output: {_describe(err)}"))
 
     def _watch_ready(self) -> None:
         spec, pid = self.spec, self.machine.pid
@@ -354,7 +395,8 @@ class BackendShell:
     def _arm(self, timer: Timer, seconds: float) -> None:
         self._deadlines[timer] = trio.current_time() + seconds
         if self._timer_running:
-            self._timer_wakeup.set()
+            if self._timer_wakeup is not None:
+                self._timer_wakeup.set()
         else:
             self._timer_running = True
             self._nursery.start_soon(self._guarded, "timer", self._run_timers)
@@ -374,6 +416,40 @@ class BackendShell:
                     self.feed(TIMER_EVENTS[timer]())
         finally:
             self._timer_running = False
+            self._timer_wakeup = None
+
+    # -- health checks (liveness) ----------------------------------------------------------------------------
+
+    def _watch_health(self, on: bool) -> None:
+        """Stop the health probes that run, if any; with `on`, start probing the current process with its
+        spec's health_check, every health_interval of the current config (none: nothing to probe)."""
+        if self._health_scope is not None:
+            self._health_scope.cancel()
+            self._health_scope = None
+        spec, pid = self.spec, self.machine.pid
+        if not on or spec is None or pid is None or spec.health_check in ("", "none"):
+            return
+        config = self.machine.config
+        self._health_scope = scope = trio.CancelScope()
+        self._nursery.start_soon(self._guarded, "health check", self._probe_health, spec.health_check, spec.port,
+                                 pid, config.health_interval, config.health_timeout, scope)
+
+    async def _probe_health(self, check: str, port: int, pid: int, interval: float, timeout: float,
+                            scope: trio.CancelScope) -> None:
+        """Probe `check` every `interval` seconds (start to start; the first one an interval after ready,
+        which was itself a probe) and report each result for `pid`, until cancelled. One probe at a time:
+        a slow one delays the next, never overlaps it. The deadline is kept here, whatever the probe does."""
+        with scope:
+            due = trio.current_time() + interval
+            while True:
+                await trio.sleep_until(due)
+                began = trio.current_time()
+                problem: str | None = f"no answer within {timeout:g} s"
+                with trio.move_on_after(timeout):
+                    problem = await probe_once(check, port, timeout)
+                # time.time(), not trio's clock: health.last_ok is shown to people as a date
+                self.feed(HealthOk(pid, time.time()) if problem is None else HealthFailed(problem, pid))
+                due = max(began + interval, trio.current_time())
 
     # -- remote backends --------------------------------------------------------------------------------------
 
@@ -388,22 +464,23 @@ class BackendShell:
             self._queue.append(StartRefused("No Address set: edit the backend's 'Address' setting."))
             return
         self._monitor_scope = trio.CancelScope()
-        interval = float(self.settings.get("check_interval", 5.0))
-        self._nursery.start_soon(self._guarded, "health check", self._poll_remote, url, interval,
-                                 self._monitor_scope)
+        config = self.machine.config  # already the new one when a Reconfigured turns it on again
+        self._nursery.start_soon(self._guarded, "health check", self._poll_remote, url, config.health_interval,
+                                 config.health_timeout, self._monitor_scope)
 
-    async def _poll_remote(self, url: str, interval: float, scope: trio.CancelScope) -> None:
-        """Check `url` every `interval` seconds (or at once when asked) until cancelled."""
+    async def _poll_remote(self, url: str, interval: float, timeout: float, scope: trio.CancelScope) -> None:
+        """Check `url` every `interval` seconds, start to start (or at once when asked), each check given
+        `timeout` seconds, until cancelled. The lifecycle counts the failures (health_failures in a row:
+        unreachable)."""
         with scope:
             while True:
-                try:
-                    response = await request("GET", url, timeout=max(interval, 2.0))
-                    problem = "" if 200 <= response.status < 300 else f"{url} answered HTTP {response.status}"
-                except HttpError as err:
-                    problem = str(err)
-                self.feed(RemoteDown(problem) if problem else RemoteUp())
+                began = trio.current_time()
+                problem: str | None = f"no answer within {timeout:g} s"
+                with trio.move_on_after(timeout):
+                    problem = await probe_once(url, 0, timeout)
+                self.feed(RemoteDown(problem) if problem is not None else RemoteUp(time.time()))
                 self._check_now = trio.Event()
-                with trio.move_on_after(interval):
+                with trio.move_on_at(began + interval):
                     await self._check_now.wait()
 
     # -- hooks -----------------------------------------------------------------------------------------------
@@ -412,11 +489,13 @@ class BackendShell:
         """Ask the backend to free memory through its hook. True when it answered success; False when it
         has no hook, is not running, or failed. An exception of ours faults the backend (not the caller)."""
         try:
-            return await self._free_memory(system_ram)
+            freed = await self._free_memory(system_ram)
         except Exception as err:
             log.exception("%s: free memory failed", self.label)
             self.feed(Faulted(f"free memory: {_describe(err)}"))
-            return False
+            freed = False
+        self.stats.freed(freed)
+        return freed
 
     async def _free_memory(self, system_ram: bool) -> bool:
         if self.machine.state is not State.RUNNING:

@@ -44,6 +44,7 @@ class LaunchSpec:
     unset_env: tuple[str, ...] = ()
     port: int = 0
     ready_check: str = "none"  # none | tcp | http://... | log:REGEX
+    health_check: str = "none"  # none | tcp | http://...: probed every health_interval once running
     free_memory: str = ""  # "" | http://... | signal:NAME
     user: str = ""  # run as this user (name or uid; "" = the daemon's user)
     group: str = ""  # with this primary group ("" = the user's)
@@ -153,6 +154,7 @@ class BackendType:
         """What the backend's lifecycle needs of its settings: the restart policy and the timeouts (a
         remote type overrides this)."""
         return LifecycleConfig(
+            **health_config(settings, checked=settings["health_check"] != "none"),
             restart=settings["restart"],
             restart_delay=settings["restart_delay"],
             restart_delay_max=settings["restart_delay_max"],
@@ -241,20 +243,40 @@ def check_log_regex(pattern: str) -> re.Pattern[str]:
         raise SettingError(f"invalid regular expression after 'log:': {type(err).__name__}") from None
 
 
-def check_ready_check(value: str) -> str:
-    """none | tcp | http://... ({port} allowed) | log:REGEX ({port} filled in too, as at start)."""
-    text = value.strip()
+def _probe_check(text: str) -> str | None:
+    """`text` (stripped) as a probe both checks accept -- none, tcp or http://... ({port} allowed) --
+    normalized; None when it is none of them. Raises SettingError for a bad URL."""
     if text in ("", "none"):
         return "none"
     if text == "tcp":
         return text
     if text.lower().startswith(("http://", "https://")):
         return check_http_url(text, port_placeholder=True)
+    return None
+
+
+def check_ready_check(value: str) -> str:
+    """none | tcp | http://... ({port} allowed) | log:REGEX ({port} filled in too, as at start)."""
+    text = value.strip()
     if text.startswith("log:"):
         for port in PLACEHOLDER_PORTS:
             check_log_regex(text[4:].replace("{port}", str(port)))
         return text
-    raise SettingError(f"expected none, tcp, http://... or log:REGEX, got {describe(value)}")
+    probe = _probe_check(text)
+    if probe is None:
+        raise SettingError(f"expected none, tcp, http://... or log:REGEX, got {describe(value)}")
+    return probe
+
+
+def check_health_check(value: str) -> str:
+    """none | tcp | http://... ({port} allowed): a probe that can be repeated while the backend runs (not
+    log:REGEX: output says nothing about whether it still answers)."""
+    text = value.strip()
+    probe = _probe_check(text)
+    if probe is not None:
+        return probe
+    hint = " (log:REGEX is a readiness check only)" if text.startswith("log:") else ""
+    raise SettingError(f"expected none, tcp or http://... ({{port}} allowed), got {describe(value)}{hint}")
 
 
 def check_signal(value: str) -> str:
@@ -379,6 +401,42 @@ def account_settings() -> tuple[SettingSpec, ...]:
                     "1-10000; 100 is the default share), where swarmd has a delegated cgroup. 0: not set.",
                     minimum=0, maximum=10000),
     )
+
+
+#: The shortest health_interval: probes are sequential, so this bounds a backend's probes per second.
+HEALTH_INTERVAL_MIN = 0.05
+
+
+def health_timing_settings(*, interval: float = 10.0) -> tuple[SettingSpec, ...]:
+    """health_interval, health_timeout and health_failures: how often a backend that runs is probed and
+    how many failures in a row mean it no longer answers (every self-starting type, and `comfyui_api`)."""
+    return (
+        SettingSpec("health_interval", "decimal", interval, "Seconds between health checks once it runs "
+                    "(checks never overlap).", minimum=HEALTH_INTERVAL_MIN),
+        SettingSpec("health_timeout", "decimal", 5.0, "Seconds a health check may take; no answer in time "
+                    "is a failed check.", minimum=0.01),
+        SettingSpec("health_failures", "integer", 3, "Failed health checks in a row after which it counts "
+                    "as not answering: a process is stopped and restarted by the restart policy.", minimum=1),
+    )
+
+
+def health_settings(*, default: str = "none") -> tuple[SettingSpec, ...]:
+    """The liveness settings of a self-starting type: `health_check` and its timing."""
+    return (
+        SettingSpec("health_check", "text", default, "How to know it still answers once running: none, tcp "
+                    "(connect to the port) or http://... (answers 2xx/3xx; {port} replaced), every "
+                    "health_interval seconds. After health_failures failures in a row it is stopped and "
+                    "restarted by the restart policy.", placeholder="http://127.0.0.1:{port}/",
+                    check=check_health_check),
+        *health_timing_settings(),
+    )
+
+
+def health_config(settings: dict[str, Any], *, checked: bool, interval: float | None = None) -> dict[str, Any]:
+    """The LifecycleConfig fields of the health settings (`checked`: whether probes apply at all)."""
+    return {"health_checks": checked,
+            "health_interval": settings["health_interval"] if interval is None else interval,
+            "health_timeout": settings["health_timeout"], "health_failures": settings["health_failures"]}
 
 
 def restart_settings(*, ready_timeout: float, restart_default: str = "on-failure") -> tuple[SettingSpec, ...]:

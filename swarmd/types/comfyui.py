@@ -21,6 +21,7 @@ from swarmd.httpclient import BadUrl, parse_url
 from swarmd.settings import SettingError, SettingSpec, describe
 from swarmd.supervise.lifecycle import LifecycleConfig
 from swarmd.types.base import (
+    HEALTH_INTERVAL_MIN,
     BackendType,
     LaunchFailed,
     LaunchRefused,
@@ -29,12 +30,19 @@ from swarmd.types.base import (
     check_command,
     check_http_url,
     gpu_setting_spec,
+    health_config,
+    health_settings,
+    health_timing_settings,
     restart_settings,
     rocr_setting_spec,
 )
 
 #: ComfyUI loads models at start: minutes, not seconds.
 COMFY_READY_TIMEOUT = 600.0
+
+#: comfyui_selfstart's health_check: ComfyUI's own status route. Left at this default, it follows
+#: ExtraArgs' --listen as readiness does (`probe_host`).
+COMFY_HEALTH_CHECK = "http://127.0.0.1:{port}/system_stats"
 
 #: EnablePreviews -> ComfyUI's --preview-method.
 PREVIEW_METHODS = {"false": "none", "true": "auto", "taesd": "taesd"}
@@ -64,6 +72,13 @@ def check_address(value: str) -> str:
     if "?" in text:
         raise SettingError(f"expected an http:// address without a ?query, got {describe(value)}")
     return text
+
+
+def check_old_interval(value: float) -> float:
+    """check_interval: 0 (not set: health_interval applies) or, as health_interval, at least 0.05 s."""
+    if value and value < HEALTH_INTERVAL_MIN:
+        raise SettingError(f"must be 0 (use health_interval) or at least {HEALTH_INTERVAL_MIN:g}, got {value:g}")
+    return value
 
 
 #: ComfyUI's --listen without a value: every IPv4 and IPv6 address (its argparse `const`).
@@ -216,6 +231,7 @@ class ComfyUISelfStart(BackendType):
                     maximum=65535),
         rocr_setting_spec(),
         *restart_settings(ready_timeout=COMFY_READY_TIMEOUT),
+        *health_settings(default=COMFY_HEALTH_CHECK),
         *account_settings(),
     )
 
@@ -257,9 +273,20 @@ class ComfyUISelfStart(BackendType):
         if bin_dir:
             env["PATH"] = f"{bin_dir}:{os.environ.get('PATH', os.defpath)}"
         host = probe_host(listen_value(shlex.split(settings["ExtraArgs"])))
+        health_check = settings["health_check"]
+        if health_check == COMFY_HEALTH_CHECK:  # the default: where ComfyUI listens, as readiness
+            health_check = f"http://{host}:{port}/system_stats"
+        else:
+            health_check = health_check.replace("{port}", str(port))
+        if health_check.startswith("http://"):
+            try:
+                parse_url(health_check)
+            except BadUrl as err:
+                raise LaunchFailed(f"health_check {describe(health_check)} is not usable: {err}") from None
         return LaunchSpec(
             argv=argv, cwd=directory, env=env, unset_env=("PYTHONHOME", "PYTHONPATH"), port=port,
             ready_check=f"http://{host}:{port}/system_stats",
+            health_check=health_check,
             free_memory=f"http://{host}:{port}/free",
         )
 
@@ -284,11 +311,17 @@ class ComfyUIAPI(BackendType):
                     "SwarmUI. No effect under swarmd, which serves no frontend; kept so SwarmUI clients and "
                     "files work unchanged."),
         # -- swarmd's own ----------------------------------------------------------------------------------
-        SettingSpec("check_interval", "decimal", 5.0, "Seconds between health checks.", minimum=0.05),
+        *health_timing_settings(interval=5.0),
+        SettingSpec("check_interval", "decimal", 0.0, "The old name of health_interval, kept so that files "
+                    "written before it load unchanged: when not 0, it is used as health_interval.",
+                    minimum=0, check=check_old_interval),
     )
 
     def lifecycle_config(self, settings: dict[str, Any]) -> LifecycleConfig:
-        return LifecycleConfig(remote=True, allow_idle=settings["AllowIdle"])
+        # Every check counts: a remote that stops answering health_failures times in a row is unreachable.
+        return LifecycleConfig(remote=True, allow_idle=settings["AllowIdle"],
+                               **health_config(settings, checked=True,
+                                               interval=settings["check_interval"] or None))
 
     def health_url(self, settings: dict[str, Any]) -> str:
         address = settings["Address"]

@@ -19,6 +19,7 @@ from swarmd.types.base import (
     check_log_regex,
     check_ready_check,
     gpu_settings,
+    health_settings,
     parse_env,
     restart_settings,
 )
@@ -48,6 +49,7 @@ class ProcessType(BackendType):
         SettingSpec("ready_check", "text", "none", "How to know it is ready: none, tcp (connect to the "
                     "port), http://... (answers 2xx/3xx; {port} replaced) or log:REGEX (an output line "
                     "matches).", placeholder="http://127.0.0.1:{port}/", check=check_ready_check),
+        *health_settings(default="none"),
         *restart_settings(ready_timeout=60.0),
         *account_settings(),
         SettingSpec("free_memory", "text", "", "How to ask it to free memory: empty (not supported), "
@@ -67,10 +69,12 @@ class ProcessType(BackendType):
         if port:
             env.setdefault("PORT", str(port))
         ready_check = fill_port(settings["ready_check"], port)
+        health_check = fill_port(settings["health_check"], port)
         free_memory = fill_port(settings["free_memory"], port)
         # Validated with the shortest and the longest port; checked again with this one, so that a surprise
         # fails this start (the backend's problem), never the probe, the hook or the supervisor.
-        for name, text in (("ready_check", ready_check), ("free_memory", free_memory)):
+        for name, text in (("ready_check", ready_check), ("health_check", health_check),
+                           ("free_memory", free_memory)):
             if text.startswith("http://"):
                 try:
                     parse_url(text)
@@ -87,5 +91,6 @@ class ProcessType(BackendType):
             env={k: fill_port(v, port) for k, v in env.items()},
             port=port,
             ready_check=ready_check,
+            health_check=health_check,
             free_memory=free_memory,
         )

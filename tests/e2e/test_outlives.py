@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import NOBODY, Daemon, backend_yaml, nobody_python, public_dir, wait_until
+from tests.helpers import NOBODY, Daemon, backend_yaml, nobody_python, public_dir, rss_bytes, wait_until
 
 PY = sys.executable
 SLEEP = f"{PY} -c 'import time; time.sleep(600)'"
@@ -263,7 +263,7 @@ def test_a_lone_surrogate_in_every_text_parameter_is_refused(start_daemon):
 def test_an_alias_bomb_in_env_is_a_located_error_and_memory_stays_flat(start_daemon):
     d = start_daemon({0: {"settings": {"command": SLEEP}}})
     pid = running_pids(d, 1)[0]
-    rss_before = _rss(d.proc.pid)
+    rss_before = rss_bytes(d.proc.pid)
     levels = ["      a: &a [" + ", ".join(['"xxxxxxxxxx"'] * 10) + "]"]
     for n in range(1, 9):
         levels.append(f"      l{n}: &l{n} [" + ", ".join([f"*{'a' if n == 1 else f'l{n - 1}'}"] * 10) + "]")
@@ -272,7 +272,7 @@ def test_an_alias_bomb_in_env_is_a_located_error_and_memory_stays_flat(start_dae
     save(d.backends, bomb)
     d.wait_log(r"backends.yaml:\d+:\d+: settings.env")
     assert listing(d)["0"]["pid"] == pid and len(listing(d)) == 1
-    assert _rss(d.proc.pid) - rss_before < 50 * 1024 * 1024
+    assert rss_bytes(d.proc.pid) - rss_before < 50 * 1024 * 1024
     # `swarmd check` says the same, and stays small (its peak RSS, measured by a parent of its own).
     measure = ("import resource, subprocess, sys\n"
                "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
@@ -284,9 +284,3 @@ def test_an_alias_bomb_in_env_is_a_located_error_and_memory_stays_flat(start_dae
     assert code == "1" and "settings.env" in check.stdout
     assert int(peak_kib) < 200 * 1024, f"swarmd check peaked at {int(peak_kib) // 1024} MiB"
 
-
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from swarmd import backends_file
-from tests.helpers import Daemon, alive, backend_yaml, pids_with_arg, wait_until
+from tests.helpers import Daemon, alive, backend_yaml, pids_with_arg, rss_bytes, wait_until
 
 PY = sys.executable
 
@@ -40,12 +40,6 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def test_sigkilled_daemon_with_20_backends_leaves_nothing_and_a_new_one_brings_all_back(start_daemon):

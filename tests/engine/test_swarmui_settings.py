@@ -32,9 +32,10 @@ SELFSTART_SWARMUI = ["StartScript", "ExtraArgs", "DisableInternalArgs", "AutoUpd
                      "FrontendVersion", "EnablePreviews", "GPU_ID", "OverQueue", "AutoRestart"]
 SELFSTART_SWARMD = ["python", "port", "rocr_visible_devices", "restart", "restart_delay",
                     "restart_delay_max", "start_limit_burst", "start_limit_interval", "stable_after",
-                    "ready_timeout", "stop_signal", "stop_timeout", "user", "group", "memory_max", "cpu_weight"]
+                    "ready_timeout", "stop_signal", "stop_timeout", "health_check", "health_interval",
+                    "health_timeout", "health_failures", "user", "group", "memory_max", "cpu_weight"]
 API_SWARMUI = ["Address", "AllowIdle", "OverQueue", "EnableFrontendDev"]
-API_SWARMD = ["check_interval"]
+API_SWARMD = ["health_interval", "health_timeout", "health_failures", "check_interval"]
 
 
 @pytest.fixture
@@ -190,7 +191,8 @@ def test_a_swarmui_backends_file_loads_as_it_is(two_gpus):
         "FrontendVersion": "LatestSwarmValidated", "EnablePreviews": "true", "GPU_ID": "0", "OverQueue": 1,
         "AutoRestart": True}
     assert remote == {"Address": "http://192.0.2.10:8188", "AllowIdle": True, "OverQueue": 1,
-                      "EnableFrontendDev": False, "check_interval": 5.0}
+                      "EnableFrontendDev": False, "health_interval": 5.0, "health_timeout": 5.0,
+                      "health_failures": 3, "check_interval": 0.0}
 
 
 # -- a key that no setting has is an error naming the nearest one -----------------------------------------
@@ -234,7 +236,8 @@ def test_a_misspelled_or_old_key_in_the_file_is_located_with_the_nearest_name(tm
         f"b.yaml:{line}:7: backends.{i}.settings: unknown setting '{key}' for type '{type_of[i]}' "
         f"(did you mean '{near}'?)" for line, i, key, near in expected
     ] + ["b.yaml:22:7: backends.2.settings: unknown setting 'colour' for type 'comfyui_api' "
-         "(known: Address, AllowIdle, OverQueue, EnableFrontendDev, check_interval)"]
+         "(known: Address, AllowIdle, OverQueue, EnableFrontendDev, health_interval, health_timeout, "
+         "health_failures, check_interval)"]
     # `swarmd check` says the same, located in the file it was given
     path = tmp_path / "backends.yaml"
     path.write_text(MISSPELLED)
@@ -296,7 +299,8 @@ def test_list_backend_types_publishes_swarmui_settings_in_swarmui_order(start_da
     assert list(remote) == API_SWARMUI + API_SWARMD
     assert {name: (s["type"], s["default"]) for name, s in remote.items()} == {
         "Address": ("text", ""), "AllowIdle": ("boolean", False), "OverQueue": ("integer", 1),
-        "EnableFrontendDev": ("boolean", False), "check_interval": ("decimal", 5.0)}
+        "EnableFrontendDev": ("boolean", False), "health_interval": ("decimal", 5.0),
+        "health_timeout": ("decimal", 5.0), "health_failures": ("integer", 3), "check_interval": ("decimal", 0.0)}
     assert "No effect under swarmd" in remote["EnableFrontendDev"]["description"]
 
 

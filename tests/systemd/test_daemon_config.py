@@ -81,7 +81,13 @@ def test_an_explicit_config_that_is_missing_is_an_error(tmp_path):
 @pytest.mark.parametrize(("text", "expected"), [
     ("log_level: loud\n", "1:12: log_level: expected one of debug, info, warning, error, got 'loud'"),
     ("backends: [a]\n", "1:11: backends: expected the path of the backends file"),
-    ("# c\nsockets: {}\n", "2:1: sockets: unknown key (expected one of backends, socket, access, log_level)"),
+    ("# c\nsockets: {}\n", "2:1: sockets: unknown key (expected one of backends, socket, access, log_level, "
+     "http_listen, output_ring_lines, output_ring_bytes)"),
+    ("output_ring_lines: 5\n", "1:20: output_ring_lines: expected a whole number from 10 to 1000000, got number 5"),
+    ("output_ring_lines: '100'\n", "1:20: output_ring_lines: expected a whole number from 10 to 1000000"),
+    ("output_ring_bytes: 12 parsecs\n", "1:20: output_ring_bytes: expected a whole number of bytes (or e.g. 2 MiB) "
+     "from 65536 to 1073741824, got '12 parsecs'"),
+    ("output_ring_bytes: 1024\n", "1:20: output_ring_bytes: expected a whole number of bytes"),
     ("socket:\n  mode: 0660\n", "2:9: socket.mode: write the mode as a quoted octal string"),
     ("socket:\n  mode: '0999'\n", "2:9: socket.mode: expected an octal mode such as \"0660\", got '0999'"),
     ("socket:\n  mode: '07777'\n", "2:9: socket.mode: expected permission bits only (at most 0777)"),
@@ -115,6 +121,19 @@ def test_problems_are_located(tmp_path, text, expected):
     problems = [str(problem) for problem in caught.value.problems]
     assert all(problem.startswith(f"{path}:") for problem in problems)
     assert any(expected in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize(("text", "lines", "size"), [
+    ("", 1000, 1024 * 1024),
+    ("output_ring_lines: 50\noutput_ring_bytes: 4 MiB\n", 50, 4 * 1024 * 1024),
+    ("output_ring_bytes: 65536\n", 1000, 65536),
+    ("output_ring_bytes: 512k\n", 1000, 512 * 1024),
+])
+def test_the_output_ring_bounds(tmp_path, text, lines, size):
+    path = tmp_path / "swarmd.yaml"
+    path.write_text(text)
+    values = load(path)
+    assert (values.output_ring_lines, values.output_ring_bytes) == (lines, size)
 
 
 def test_every_problem_is_listed_in_file_order(tmp_path):

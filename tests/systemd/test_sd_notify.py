@@ -118,6 +118,8 @@ async def test_status_reporter_sends_changes_at_most_every_interval(autojump_clo
     sent: list[str] = []
 
     class Recorder(systemd.Notifier):
+        enabled = True  # as under systemd
+
         def __init__(self) -> None:
             super().__init__(None)
 
@@ -144,3 +146,14 @@ async def test_status_reporter_sends_changes_at_most_every_interval(autojump_clo
         await trio.sleep(0.5)
         assert sent == ["1 loading", "1 running"]
         nursery.cancel_scope.cancel()
+
+
+async def test_without_systemd_the_status_is_never_described(autojump_clock):
+    described: list[int] = []
+    reporter = systemd.StatusReporter(systemd.Notifier(None), lambda: str(described.append(1)), interval=0.1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reporter.run)
+        for _ in range(5):
+            reporter.changed()
+            await trio.sleep(0.2)
+    assert described == []  # (describe() walks every backend: no work for nobody)

@@ -343,7 +343,7 @@ def test_kill_checks_the_start_time_so_a_reused_pid_is_never_hit():
     child = subprocess.Popen(["sleep", "30"])
     try:
         me = core.read_procs()[child.pid]
-        assert not core.kill(me._replace(starttime=me.starttime + 1))
+        assert not core.kill(core.Proc(me.pid, me.ppid, me.pgrp, me.sid, me.starttime + 1, me.zombie, me.comm))
         time.sleep(0.05)
         assert alive(child.pid)
         assert core.kill(me)

@@ -18,6 +18,9 @@ from swarmd.supervise.lifecycle import (
     DelayElapsed,
     Exited,
     Faulted,
+    GpuFailed,
+    HealthFailed,
+    HealthOk,
     KillRequested,
     Lifecycle,
     LifecycleConfig,
@@ -41,6 +44,7 @@ from swarmd.supervise.lifecycle import (
     StopRequested,
     StopTimedOut,
     Timer,
+    WatchHealth,
 )
 from swarmd.supervise.process import ExitInfo
 
@@ -94,7 +98,7 @@ ROWS = table_rows()
 
 
 def test_the_table_is_read_whole():
-    assert len([r for r in ROWS if not r.remote]) == 37 and len([r for r in ROWS if r.remote]) == 8
+    assert len([r for r in ROWS if not r.remote]) == 42 and len([r for r in ROWS if r.remote]) == 10
     assert {row.event for row in ROWS} == {cls.__name__ for cls in typing.get_args(lc.Event)}
 
 
@@ -110,6 +114,8 @@ PATHS: dict[str, list[lc.Event]] = {
     "STARTING": [StartRequested()],
     "LOADING": [StartRequested(), Spawned(PID)],
     "RUNNING": [StartRequested(), Spawned(PID), Ready(PID)],
+    "RUNNING failing": [StartRequested(), Spawned(PID), Ready(PID), HealthFailed("refused", PID),
+                        HealthFailed("refused", PID)],
     "BACKOFF": [StartRequested(), Spawned(PID), Ready(PID), Exited(PID, CRASH)],
     "STOPPING settle": [StartRequested(), Spawned(PID), Ready(PID), StopRequested("Deleted")],
     "STOPPING start": [StartRequested(), Spawned(PID), Ready(PID), RestartRequested()],
@@ -118,6 +124,7 @@ PATHS: dict[str, list[lc.Event]] = {
     "remote ERRORED": [StartRequested(), Faulted("boom")],
     "remote CHECKING": [StartRequested()],
     "remote RUNNING": [StartRequested(), RemoteUp()],
+    "remote RUNNING failing": [StartRequested(), RemoteUp(), RemoteDown("refused"), RemoteDown("refused")],
     "remote UNREACHABLE": [StartRequested(), RemoteDown("connection refused")],
 }
 
@@ -176,6 +183,18 @@ CASES: dict[str, Case] = {
         ("LOADING",), ReadyTimedOut(), State.STOPPING,
         (lc.CancelReady(), SignalGroup(signal.SIGTERM), ArmTimer(Timer.STOP, 10.0))),
     "process: RUNNING | Stable | ": Case(("RUNNING",), Stable(), SAME),
+    "process: RUNNING | HealthOk | ": Case(("RUNNING", "RUNNING failing"), HealthOk(PID, 1700000000.0), SAME),
+    "process: RUNNING | HealthFailed | below health_failures": Case(
+        ("RUNNING",), HealthFailed("no answer within 5 s", PID), SAME),
+    "process: RUNNING | HealthFailed | health_failures reached": Case(
+        ("RUNNING failing",), HealthFailed("no answer within 5 s", PID), State.STOPPING,
+        (WatchHealth(False), SignalGroup(signal.SIGTERM), ArmTimer(Timer.STOP, 10.0),
+         Log(logging.WARNING, "pid 41 not answering health checks for 1 s (last: no answer within 5 s): stopping it"))),
+    "process: STOPPING | HealthFailed | ": Case(
+        ("STOPPING settle", "STOPPING start", "STOPPING not ready"), HealthFailed("refused", PID), SAME),
+    "process: LOADING, RUNNING | GpuFailed | ": Case(
+        ("LOADING", "RUNNING"), GpuFailed("1 (NVIDIA H200, GPU-2222)", "Xid 79 (GPU has fallen off the bus)"),
+        State.STOPPING, (lc.CancelReady(), WatchHealth(False), SignalGroup(signal.SIGTERM), ArmTimer(Timer.STOP, 10.0))),
     "process: LOADING, RUNNING | Exited | policy restarts": Case(
         ("LOADING", "RUNNING"), Exited(PID, CRASH), State.BACKOFF, (lc.CancelReady(), ArmTimer(Timer.DELAY, 0.1))),
     "process: LOADING, RUNNING | Exited | restarts, restart_delay 0": Case(
@@ -232,8 +251,11 @@ CASES: dict[str, Case] = {
         ("remote ERRORED",), RestartRequested(), State.CHECKING, (Monitor(True),)),
     "remote: CHECKING, RUNNING, UNREACHABLE | RemoteUp | ": Case(
         ("remote CHECKING", "remote RUNNING", "remote UNREACHABLE"), RemoteUp(), State.RUNNING),
-    "remote: CHECKING, RUNNING, UNREACHABLE | RemoteDown | ": Case(
-        ("remote CHECKING", "remote RUNNING", "remote UNREACHABLE"), RemoteDown("timeout"), State.UNREACHABLE),
+    "remote: CHECKING, UNREACHABLE | RemoteDown | ": Case(
+        ("remote CHECKING", "remote UNREACHABLE"), RemoteDown("timeout"), State.UNREACHABLE),
+    "remote: RUNNING | RemoteDown | below health_failures": Case(("remote RUNNING",), RemoteDown("timeout"), SAME),
+    "remote: RUNNING | RemoteDown | health_failures reached": Case(
+        ("remote RUNNING failing",), RemoteDown("timeout"), State.UNREACHABLE),
     "remote: CHECKING, RUNNING, UNREACHABLE | StartRefused | no address": Case(
         ("remote CHECKING", "remote RUNNING", "remote UNREACHABLE"), StartRefused("No address"), State.DISABLED,
         (Monitor(False),)),
@@ -268,8 +290,8 @@ def test_each_transition(key: str):
                 assert effect in effects, (path, effect, effects)
         # The row's effects column names the kinds of effect; each named kind is among the effects.
         unconditional = re.sub(r"\w+(?: \w+)? if \w+", "", row.effects)  # "SignalGroup SIGKILL if alive"
-        named = set(re.findall(r"\b(Spawn|WatchReady|CancelReady|SignalGroup|ArmTimer|CancelTimer|Monitor|"
-                               r"CheckNow)\b", unconditional))
+        named = set(re.findall(r"\b(Spawn|WatchReady|CancelReady|WatchHealth|SignalGroup|ArmTimer|CancelTimer|"
+                               r"Monitor|CheckNow)\b", unconditional))
         if "on change" not in row.effects and before is not State.UNREACHABLE:
             assert named <= {type(e).__name__ for e in effects}, (path, named, effects)
 
@@ -454,3 +476,118 @@ def test_exit_info_names_every_signal():
     assert ExitInfo.from_returncode(-40).to_api() == {"code": None, "signal": "signal 40",
                                                       "text": "killed by signal 40"}
     assert ExitInfo.from_returncode(3).to_api()["text"] == "exited with status 3"
+
+
+# -- liveness: health probes and failed GPUs ---------------------------------------------------------------------
+
+CHECKED = {"health_checks": True, "health_failures": 3}
+
+
+def test_failures_below_the_count_keep_it_running_and_are_shown():
+    machine = reach("RUNNING", **CHECKED)
+    assert machine.health_view() == {"failures": 0, "last_error": None, "last_ok": None}
+    assert machine.handle(HealthOk(PID, 1700000000.0), 10.0) == []
+    for at in (20.0, 30.0):
+        assert machine.handle(HealthFailed("no answer within 5 s", PID), at) == []
+    assert (machine.state, machine.status, machine.message) == (State.RUNNING, "running", "")
+    assert machine.health_view() == {"failures": 2, "last_error": "no answer within 5 s", "last_ok": 1700000000.0}
+    machine.handle(HealthOk(PID, 1700000040.0), 40.0)  # an answer forgets the failures, not the last error
+    assert machine.health_view() == {"failures": 0, "last_error": "no answer within 5 s", "last_ok": 1700000040.0}
+    assert reach("RUNNING").health_view() is None  # no health_check: nothing to show
+
+
+def test_the_count_stops_it_by_its_ladder_and_the_policy_restarts_it():
+    machine = reach("RUNNING", **CHECKED)
+    machine.handle(HealthOk(PID, 1700000000.0), 10.0)
+    machine.handle(HealthFailed("refused", PID), 20.0)
+    machine.handle(HealthFailed("refused", PID), 30.0)
+    effects = machine.handle(HealthFailed("no answer within 5 s", PID), 40.0)
+    assert machine.state is State.STOPPING and machine.status == "waiting"
+    assert machine.message == "not answering health checks for 30 s (last: no answer within 5 s)"
+    warning = next(e for e in effects if isinstance(e, Log))
+    assert warning.level == logging.WARNING and warning.tail
+    assert effects.index(WatchHealth(False)) < effects.index(SignalGroup(signal.SIGTERM))
+    machine.handle(Exited(PID, ExitInfo(None, signal.SIGTERM)), 40.5)
+    assert machine.state is State.BACKOFF and machine.restarts == 1
+    assert machine.message == ("not answering health checks for 30 s (last: no answer within 5 s), then killed by "
+                               "SIGTERM (restart 1 in 0.1 s)")
+    machine.handle(DelayElapsed(), 40.6)
+    machine.handle(Spawned(PID + 1), 40.6)
+    assert machine.health_failures == 0  # the new process has its own count
+    assert WatchHealth(True) in machine.handle(Ready(PID + 1), 41.0)
+
+
+def test_the_count_settles_it_errored_without_restarts():
+    machine = reach("RUNNING failing", restart="never", **CHECKED)
+    machine.handle(HealthFailed("refused", PID), 5.0)
+    machine.handle(Exited(PID, ExitInfo(None, signal.SIGTERM)), 5.1)
+    assert machine.state is State.ERRORED
+    assert machine.message.startswith("not answering health checks for 5 s (last: refused), then killed by SIGTERM "
+                                      "(restart: never")
+
+
+def test_a_probe_failure_during_a_stop_is_ignored():
+    machine = reach("RUNNING failing", **CHECKED)
+    machine.handle(StopRequested("Disabled"), 1.0)
+    before = (machine.state, machine.message, machine.health_view())
+    for _ in range(5):  # the probe that was in flight, and more: the stop goes on as it was
+        assert machine.handle(HealthFailed("refused", PID), 2.0) == []
+    assert (machine.state, machine.message, machine.health_view()) == before
+    machine.handle(Exited(PID, ExitInfo(None, signal.SIGTERM)), 3.0)
+    assert (machine.state, machine.message, machine.restarts) == (State.DISABLED, "Disabled", 0)
+
+
+def test_a_stale_or_early_probe_is_ignored():
+    machine = reach("RUNNING failing", **CHECKED)
+    assert machine.handle(HealthFailed("refused", PID + 1), 1.0) == []  # another process's
+    assert machine.state is State.RUNNING and machine.health_failures == 2
+    loading = reach("LOADING", **CHECKED)
+    assert loading.handle(HealthFailed("refused", PID), 1.0) == [] and loading.health_failures == 0
+
+
+def test_a_restart_request_while_probes_fail_works_normally():
+    machine = reach("RUNNING failing", **CHECKED)
+    effects = machine.handle(RestartRequested(), 1.0)
+    assert machine.state is State.STOPPING and machine.message == "Restarting"
+    assert WatchHealth(False) in effects and SignalGroup(signal.SIGTERM) in effects
+    assert machine.handle(Exited(PID, ExitInfo(None, signal.SIGTERM)), 1.5) == [CancelTimer(Timer.STOP), Spawn()]
+    machine.handle(Spawned(PID + 1), 1.5)
+    machine.handle(Ready(PID + 1), 2.0)
+    assert machine.state is State.RUNNING and machine.health_failures == 0 and machine.restarts == 0
+    machine.handle(HealthFailed("refused", PID), 2.5)  # the old process's last probe: no news
+    assert machine.health_failures == 0
+
+
+def test_a_failed_gpu_stops_its_backends_and_names_the_gpu():
+    gpu_name, reason = "1 (NVIDIA H200, GPU-2222)", "Xid 79 (GPU has fallen off the bus)"
+    machine = reach("RUNNING", restart="never")
+    effects = machine.handle(GpuFailed(gpu_name, reason), 1.0)
+    assert machine.message == "GPU 1 (NVIDIA H200, GPU-2222) failed: Xid 79 (GPU has fallen off the bus)"
+    assert any(isinstance(e, Log) and e.level == logging.ERROR for e in effects)
+    machine.handle(Exited(PID, ExitInfo(None, signal.SIGTERM)), 1.5)
+    assert machine.state is State.ERRORED and machine.message.startswith(
+        "GPU 1 (NVIDIA H200, GPU-2222) failed: Xid 79 (GPU has fallen off the bus), then killed by SIGTERM")
+    for path in ("BACKOFF", "STOPPING settle", "ERRORED", "remote RUNNING"):  # no process of its own on it now
+        other = reach(path)
+        before = (other.state, other.message)
+        assert other.handle(GpuFailed(gpu_name, reason), 1.0) == [] and (other.state, other.message) == before
+
+
+def test_a_remote_is_unreachable_only_after_the_count():
+    machine = reach("remote RUNNING", health_checks=True, health_failures=3)
+    machine.handle(RemoteUp(1700000000.0), 5.0)
+    machine.handle(RemoteDown("cannot connect to 10.0.0.2:8188: Connection refused"), 10.0)
+    machine.handle(RemoteDown("cannot connect to 10.0.0.2:8188: Connection refused"), 15.0)
+    assert machine.status == "running" and machine.health_view()["failures"] == 2
+    effects = machine.handle(RemoteDown("cannot connect to 10.0.0.2:8188: Connection refused"), 20.0)
+    assert machine.status == "errored"
+    assert machine.message == ("unreachable: not answering health checks for 15 s (last: cannot connect to "
+                               "10.0.0.2:8188: Connection refused)")
+    assert [e.level for e in effects if isinstance(e, Log)] == [logging.WARNING]
+    # the same problem again: no news, the message stays; another problem: said once
+    assert machine.handle(RemoteDown("cannot connect to 10.0.0.2:8188: Connection refused"), 25.0) == []
+    machine.handle(RemoteDown("no answer within 5 s"), 30.0)
+    assert machine.message == "unreachable: no answer within 5 s"
+    machine.handle(RemoteUp(1700000035.0), 35.0)
+    assert machine.status == "running"
+    assert machine.health_view() == {"failures": 0, "last_error": "no answer within 5 s", "last_ok": 1700000035.0}

@@ -214,9 +214,9 @@ def backend_log() -> Iterator[tuple[logging.Logger, Capture]]:
 def test_forward_output_is_one_record_per_chunk(backend_log: tuple[logging.Logger, Capture]) -> None:
     logger, capture = backend_log
     logger.setLevel(logging.INFO)
-    logs.forward_output("backend-3", "stdout", ["ready on :8188", "100% done", "50%s %d"])
-    logs.forward_output("backend-4", "stderr", [f"line {n}" for n in range(500)])
-    logs.forward_output("backend-5", "stdout", [])
+    logs.forward_output("backend-3", "stdout", "ready on :8188\n100% done\n50%s %d")
+    logs.forward_output("backend-4", "stderr", "\n".join(f"line {n}" for n in range(500)))
+    logs.forward_output("backend-5", "stdout", "")
     assert len(capture.records) == 2
     first, second = capture.records
     assert (first.levelno, first.name, first.output_stream) == (logging.INFO, "swarmd.backend", "stdout")
@@ -224,7 +224,7 @@ def test_forward_output_is_one_record_per_chunk(backend_log: tuple[logging.Logge
     assert second.output_stream == "stderr"
     assert second.getMessage().split("\n") == [f"backend-4: line {n}" for n in range(500)]
     logger.setLevel(logging.WARNING)
-    logs.forward_output("backend-3", "stdout", ["not logged"])
+    logs.forward_output("backend-3", "stdout", "not logged")
     assert len(capture.records) == 2
 
 
@@ -238,7 +238,7 @@ def test_forward_output_through_the_writer_prefixes_every_line(
         handler.setFormatter(logs.Formatter(journal=True))
         logger.addHandler(handler)
         try:
-            logs.forward_output("backend-1", "stdout", [f"out {n}" for n in range(500)])
+            logs.forward_output("backend-1", "stdout", "\n".join(f"out {n}" for n in range(500)))
         finally:
             logger.removeHandler(handler)
         assert writer.flush(10)
@@ -272,7 +272,7 @@ try:
     {}[1]
 except KeyError:
     log.exception("lookup failed")
-logs.forward_output("backend-2", "stdout", ["a", "b"])
+logs.forward_output("backend-2", "stdout", "a\\nb")
 """
 
 

@@ -298,7 +298,8 @@ def test_nothing_but_setting_errors_for_out_of_range_numbers():
     ("process", "GPU_ID", "unknown setting 'GPU_ID' for type 'process' (did you mean 'gpu_id'?)"),
     ("process", "comand", "unknown setting 'comand' for type 'process' (did you mean 'command'?)"),
     ("comfyui_api", "colour", "unknown setting 'colour' for type 'comfyui_api' "
-                              "(known: Address, AllowIdle, OverQueue, EnableFrontendDev, check_interval)"),
+                              "(known: Address, AllowIdle, OverQueue, EnableFrontendDev, health_interval, "
+                              "health_timeout, health_failures, check_interval)"),
 ])
 def test_unknown_setting_message_names_the_nearest_known_name(type_id, given, message):
     assert TYPES[type_id].unknown_setting_message(given) == message

@@ -37,9 +37,10 @@ class Behaviour:
 
 
 class FakeProcess:
-    def __init__(self, pid: int, behaviour: Behaviour) -> None:
+    def __init__(self, pid: int, behaviour: Behaviour, nursery: trio.Nursery) -> None:
         self.pid = pid
         self.behaviour = behaviour
+        self.nursery = nursery
         self.signals: list[tuple[float, int]] = []
         self.exit: ExitInfo | None = None
         self._exited = trio.Event()
@@ -68,11 +69,27 @@ class FakeProcess:
     async def contained(self) -> None:
         pass
 
-    async def pump(self, on_output: Any) -> None:
+    def read_output(self, on_output: Any) -> FakeOutput:
+        """Its `output` lines are delivered on time by a task of the test's nursery (as the daemon's pipe
+        reader would), until it exits; its "pipes" close when it exits."""
+        self.nursery.start_soon(self._print, on_output)
+        return FakeOutput(self._exited)
+
+    async def _print(self, on_output: Any) -> None:
         for delay, line in self.behaviour.output:
-            await trio.sleep(delay)
-            on_output("stdout", [line])
-        await self._exited.wait()
+            with trio.move_on_after(delay):
+                await self._exited.wait()
+            if self.exit is not None:
+                return
+            on_output("stdout", line)
+
+
+@dataclass
+class FakeOutput:
+    closed: trio.Event
+
+    def release(self) -> None:
+        pass
 
 
 class FakeSpawner:
@@ -83,9 +100,11 @@ class FakeSpawner:
         self.processes: list[FakeProcess] = []
         self.times: list[float] = []
         self.specs: list[LaunchSpec] = []
+        self.nursery: trio.Nursery | None = None  # where its processes' output is "read"
 
     def __call__(self, spec: LaunchSpec) -> FakeProcess:
-        process = FakeProcess(1000 + len(self.processes), self.behaviour)
+        assert self.nursery is not None, "make_shell gives the spawner the test's nursery"
+        process = FakeProcess(1000 + len(self.processes), self.behaviour, self.nursery)
         self.processes.append(process)
         self.times.append(trio.current_time())
         self.specs.append(spec)
@@ -95,6 +114,8 @@ class FakeSpawner:
 def make_shell(nursery: trio.Nursery, spawner: FakeSpawner, backend_type: Any = None, **settings: Any
                ) -> BackendShell:
     backend_type = backend_type or TYPES["process"]
+    if isinstance(spawner, FakeSpawner):
+        spawner.nursery = nursery
     values = {**backend_type.defaults(), "command": "fake-server --port {port}", "port": 5000, **settings}
     async def port_owner(port: int) -> str | None:
         return busy_ports.get(port)
@@ -271,6 +292,7 @@ class BrokenSignals(FakeProcess):
 
 async def test_an_effect_that_raises_faults_the_backend(autojump_clock, nursery):
     spawner = FakeSpawner()
+    spawner.nursery = nursery
     spawner_call = spawner.__call__
 
     def spawn(spec: LaunchSpec) -> FakeProcess:
@@ -321,3 +343,149 @@ async def test_a_fixed_port_held_by_another_process_fails_each_start_by_the_poli
         await settled(shell, State.RUNNING)
     finally:
         busy_ports.pop(5000, None)
+
+
+# -- liveness: health probes on the autojump clock --------------------------------------------------------------
+
+
+class FakeProbe:
+    """Stands in for `probes.probe_once` at the shell's import: answers as `mode` says -- "ok", "slow"
+    (after `delay` seconds), "hang" (never), or an error text -- and records when each probe began and
+    how many ran at once."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.delay = 0.0
+        self.times: list[float] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def __call__(self, check: str, port: int, timeout: float) -> str | None:
+        self.times.append(trio.current_time())
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.mode == "hang":
+                await trio.sleep_forever()
+            if self.mode == "slow":
+                await trio.sleep(self.delay)
+            return None if self.mode in ("ok", "slow") else self.mode
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+def probe(monkeypatch) -> FakeProbe:
+    from swarmd.supervise import shell as shell_module
+
+    fake = FakeProbe()
+    monkeypatch.setattr(shell_module, "probe_once", fake)
+    return fake
+
+
+HEALTH = {"health_check": "tcp", "health_interval": 10, "health_timeout": 5, "health_failures": 3}
+REFUSED = "cannot connect to 127.0.0.1:5000: Connection refused"
+
+
+async def test_a_backend_that_stops_answering_is_stopped_by_its_ladder_and_restarted(autojump_clock, nursery,
+                                                                                     probe):
+    spawner = FakeSpawner(Behaviour(output=[(3, "READY")]))
+    shell = make_shell(nursery, spawner, ready_check="log:^READY$", restart_delay=1, **HEALTH)
+    began = trio.current_time()
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    assert trio.current_time() - began == pytest.approx(3)
+    await trio.sleep(23)  # answers at +13 and +23 (the first an interval after ready: probes start once running)
+    probe.mode = "hang"  # at +26: the process lives on, nothing answers
+    hung_at = trio.current_time()
+    await shell.wait_for(lambda machine: machine.state is State.STOPPING)
+    stopped_at = trio.current_time()
+    assert stopped_at - hung_at <= 10 * 3 + 10  # interval x failures + one interval
+    assert shell.machine.message == "not answering health checks for 35 s (last: no answer within 5 s)"
+    assert shell.machine.health_view()["failures"] == 3
+    await shell.wait_for(lambda machine: machine.starts == 2)
+    assert [round(t - began, 3) for t in probe.times] == [13, 23, 33, 43, 53]
+    assert probe.most_in_flight == 1  # never two at once
+    assert spawner.processes[0].signals == [(stopped_at, signal.SIGTERM)]
+    assert gaps(spawner.times) == [round(stopped_at - began + 1, 3)]  # then the restart policy's delay
+    assert shell.machine.restarts == 1 and shell.machine.health_failures == 0
+    warnings = [line.text for line in shell.ring.tail(10) if line.stream == "swarmd"]
+    assert warnings[0] == (f"pid {spawner.processes[0].pid} not answering health checks for 35 s (last: no answer "
+                           "within 5 s): stopping it")
+
+
+@pytest.mark.parametrize("delay, restarted", [(4.9, False), (5.1, True)])
+async def test_a_slow_answer_counts_only_past_the_timeout(autojump_clock, nursery, probe, delay, restarted):
+    probe.mode, probe.delay = "slow", delay
+    spawner = FakeSpawner()
+    shell = make_shell(nursery, spawner, **HEALTH)
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    with trio.move_on_after(305):
+        await shell.wait_for(lambda machine: machine.starts > 1)
+    assert (len(spawner.processes) > 1) is restarted
+    if not restarted:  # 30 probes in 305 s, each answered: never a failure
+        assert len(probe.times) == 30 and shell.machine.health_view()["failures"] == 0
+        assert shell.machine.health_view()["last_ok"] is not None and shell.machine.restarts == 0
+        assert gaps(probe.times) == [10.0] * 29  # start to start: a slow answer does not push them apart
+
+
+async def test_a_probe_failure_during_a_stop_is_ignored(autojump_clock, nursery, probe):
+    spawner = FakeSpawner(Behaviour(ignore_term=True))
+    shell = make_shell(nursery, spawner, stop_timeout=30, **HEALTH)
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    probe.mode = "refused"
+    await shell.wait_for(lambda machine: machine.health_failures == 2)
+    await trio.sleep(7)
+    probe.mode = "hang"  # a probe is in flight when the stop begins
+    await trio.sleep(5)
+    assert probe.in_flight == 1
+    shell.feed(StopRequested("Disabled"))
+    probes_before = len(probe.times)
+    await shell.wait_at_rest()  # the whole ladder: SIGTERM ignored, SIGKILL 30 s later
+    assert probe.in_flight == 0 and len(probe.times) == probes_before  # cancelled, and no new one
+    assert (shell.machine.state, shell.machine.message, shell.machine.restarts) == (State.DISABLED, "Disabled", 0)
+    assert [signum for _, signum in spawner.processes[0].signals] == [signal.SIGTERM, signal.SIGKILL]
+
+
+async def test_a_restart_request_while_probes_fail_works_normally(autojump_clock, nursery, probe):
+    spawner = FakeSpawner()
+    shell = make_shell(nursery, spawner, **HEALTH)
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    probe.mode = REFUSED
+    await shell.wait_for(lambda machine: machine.health_failures == 2)
+    assert shell.machine.status == "running"
+    probe.mode = "ok"
+    shell.feed(RestartRequested())
+    await shell.wait_for(lambda machine: machine.state is State.RUNNING and machine.starts == 2)
+    assert shell.machine.health_failures == 0 and shell.machine.restarts == 0  # a person's restart
+    ready = trio.current_time()
+    await trio.sleep(25)
+    assert [round(t - ready, 3) for t in probe.times[-2:]] == [10, 20]  # the new process is probed anew
+    assert shell.machine.health_view() == {"failures": 0, "last_error": REFUSED, "last_ok": shell.machine.health_ok_at}
+    assert len(spawner.processes) == 2
+
+
+async def test_no_health_check_means_no_probe(autojump_clock, nursery, probe):
+    shell = make_shell(nursery, FakeSpawner())
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    await trio.sleep(100)
+    assert probe.times == [] and shell.machine.health_view() is None
+
+
+async def test_a_remote_counts_its_failed_checks(autojump_clock, nursery, probe):
+    shell = make_shell(nursery, FakeSpawner(), backend_type=TYPES["comfyui_api"], Address="http://10.0.0.2:8188",
+                       health_interval=2, health_timeout=1, health_failures=3)
+    shell.feed(StartRequested())
+    await settled(shell, State.RUNNING)
+    probe.mode = "hang"
+    hung_at = trio.current_time()
+    await trio.sleep(5.5)  # the checks at +2 and +4 failed (each after its 1 s): still running
+    assert shell.machine.status == "running" and shell.machine.health_failures == 2
+    await settled(shell, State.UNREACHABLE)
+    assert trio.current_time() - hung_at == pytest.approx(3 * 2 + 1)  # the third, at +6, timed out
+    assert shell.machine.message.startswith("unreachable: not answering health checks for ")
+    assert shell.machine.message.endswith("(last: no answer within 1 s)")

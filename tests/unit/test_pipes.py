@@ -1,0 +1,143 @@
+"""The output path's pure parts: LineSplitter (reads -> complete lines) and the byte- and line-bounded ring;
+and PipeReader with real pipes: one task for every pipe, a failing owner is its own fault."""
+
+from __future__ import annotations
+
+import os
+
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from swarmd.supervise import output
+from swarmd.supervise.output import LINE_OVERHEAD, OutputRing
+from swarmd.supervise.pipes import CUT_MARK, MAX_LINE, LineSplitter, PipeReader
+
+
+def split_all(reads: list[bytes]) -> list[str]:
+    splitter = LineSplitter()
+    lines: list[str] = []
+    for data in reads:
+        text = splitter.feed(data)
+        if text is not None:
+            lines += text.split("\n")
+    last = splitter.finish()
+    return lines + ([last] if last is not None else [])
+
+
+def expected_lines(stream: bytes) -> list[str]:
+    """What a reader should see of `stream` as a whole: lines cut at MAX_LINE with the mark, CR before a
+    newline (or at the end) dropped, the rest of a cut line dropped."""
+    lines = stream.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    out = []
+    for raw in lines:
+        if len(raw) > MAX_LINE:
+            out.append(raw[:MAX_LINE].decode("utf-8", "replace") + CUT_MARK)
+            continue
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        out.append(raw.decode("utf-8", "replace"))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"bc\n", b"\n", b"\r\n", b"\xc3\xa9", b"\xff", b"x" * 40000, b"\r"]),
+                max_size=12),
+       st.lists(st.integers(1, 70000), min_size=1, max_size=5))
+def test_any_split_into_reads_gives_the_lines_of_the_whole(pieces: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(pieces)
+    reads, at = [], 0
+    for size in cuts * (len(stream) // max(1, min(cuts)) + 1):
+        if at >= len(stream):
+            break
+        reads.append(stream[at:at + size])
+        at += size
+    assert split_all(reads) == expected_lines(stream)
+
+
+def test_a_line_without_end_is_cut_once_and_its_rest_dropped() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"x" * 60000) is None
+    assert splitter.feed(b"x" * 60000) == "x" * MAX_LINE + CUT_MARK  # delivered at once, not held
+    for _ in range(100):  # 6 MB more of the same line: nothing held, nothing delivered
+        assert splitter.feed(b"x" * 60000) is None
+    assert splitter.feed(b"x\nnext\npart") == "next"
+    assert splitter.finish() == "part"
+    assert splitter.finish() is None
+
+
+def ring_lines(ring: OutputRing) -> list[str]:
+    return [line.text for line in ring.since(0)]
+
+
+def test_the_ring_is_bounded_in_lines_and_numbers_every_line() -> None:
+    ring = OutputRing(lines=10)
+    start = output.last_sequence_id()
+    ring.append_lines("stdout", "\n".join(f"a{n}" for n in range(7)))
+    ring.append_lines("stderr", "\n".join(f"b{n}" for n in range(7)))
+    assert len(ring) == 10 and ring.last_seq == start + 14
+    got = ring.since(0)
+    assert [line.text for line in got] == [f"a{n}" for n in range(4, 7)] + [f"b{n}" for n in range(7)]
+    assert [line.seq for line in got] == list(range(start + 5, start + 15))
+    assert [line.stream for line in got] == ["stdout"] * 3 + ["stderr"] * 7
+    assert [line.text for line in ring.since(start + 12)] == ["b5", "b6"]
+    assert [line.text for line in ring.tail(3)] == ["b4", "b5", "b6"]
+    assert ring.since(start + 14) == [] and ring.tail(0) == []
+
+
+def test_the_ring_is_bounded_in_bytes_and_counts_what_it_took_in() -> None:
+    ring = OutputRing(lines=1_000_000, size=64 * 1024)
+    for chunk in range(100):
+        ring.append_lines("stdout", "\n".join(f"{chunk:03d}-{n:03d} " + "z" * 90 for n in range(100)))
+    assert ring.size <= 64 * 1024
+    kept = ring_lines(ring)
+    assert kept[-1] == "099-099 " + "z" * 90 and len(kept) == len(ring)
+    assert sum(len(text) for text in kept) <= 64 * 1024
+    assert ring.lines_in == 100 * 100 and ring.bytes_in == 100 * (100 * 98 + 99)
+    big = OutputRing(lines=1000, size=64 * 1024)  # one chunk larger than the ring: its newest lines stay
+    big.append_lines("stdout", "\n".join(f"{n:05d} " + "q" * 994 for n in range(200)))
+    assert big.size <= 64 * 1024 and ring_lines(big)[-1].startswith("00199 ")
+    assert [int(text.split()[0]) for text in ring_lines(big)] == list(range(200 - len(big), 200))
+
+
+def test_entries_of_the_daemon_may_span_lines() -> None:
+    ring = OutputRing(3)
+    entry = ring.append("swarmd", "Traceback:\n  frame\nError")
+    assert ring.since(entry.seq - 1) == [entry] and len(ring) == 1
+
+
+def test_a_bounded_read_gives_the_oldest_lines_that_fit_then_the_rest() -> None:
+    ring = OutputRing()
+    ring.append_lines("stdout", "\n".join("L" * 100 for _ in range(50)))
+    first = ring.since(0, budget=10 * (100 + LINE_OVERHEAD))
+    assert len(first) == 10
+    rest = ring.since(first[-1].seq)
+    assert len(rest) == 40 and rest[0].seq == first[-1].seq + 1
+    assert len(ring.since(0, budget=1)) == 1  # at least one: a reader always gets further
+
+
+async def test_one_task_reads_every_pipe_and_a_failing_owner_fails_alone() -> None:
+    got: dict[str, list[str]] = {"good": [], "bad": []}
+
+    def bad_owner(stream: str, text: str) -> None:
+        raise RuntimeError("a bug of this backend's")
+
+    async with trio.open_nursery() as nursery:
+        reader = PipeReader(nursery)
+        (good_r, good_w), (bad_r, bad_w) = os.pipe(), os.pipe()
+        good = reader.watch([(good_r, "stdout")], lambda stream, text: got["good"].append(text))
+        bad = reader.watch([(bad_r, "stdout")], bad_owner)
+        assert len(nursery.child_tasks) == 1  # one reader task, not one per pipe
+        os.write(bad_w, b"boom\n")
+        with trio.fail_after(5):
+            await bad.closed.wait()
+        assert isinstance(bad.error, RuntimeError)
+        os.write(good_w, b"one\ntwo\nthr")
+        os.close(good_w)
+        with trio.fail_after(5):
+            await good.closed.wait()
+        assert got["good"] == ["one\ntwo", "thr"] and good.error is None
+        os.close(bad_w)
+    assert not nursery.child_tasks  # no pipe left: the reader task ended
