@@ -84,7 +84,13 @@ def _chatty(cls: type[System], mode: str, amount: float) -> type[System]:
                 f"stdout_stream.filename = {self.dir}/{m[1]}.out"), text)
         return text
 
-    return type(f"Chatty{cls.__name__}", (cls,), {"argv_for": argv_for, "config_text": config_text})
+    def helper_pids(self: System) -> list[int]:
+        """The daemon and its helpers, not the chatty children (whose argv[0] is the interpreter)."""
+        assert self.proc is not None
+        return procs.helpers(self.proc.pid, str(self.dir / "chatty.py"))
+
+    return type(f"Chatty{cls.__name__}", (cls,), {"argv_for": argv_for, "config_text": config_text,
+                                                  "helper_pids": helper_pids})
 
 
 def run(settings: Settings) -> Result:

@@ -82,7 +82,9 @@ def pss_bytes(pids: list[int]) -> int:
 
 
 def helpers(daemon: int, child_marker: str) -> list[int]:
-    """The daemon and its descendants that are not benchmark children (e.g. swarmd's guardian)."""
+    """The daemon and its descendants that are not benchmark children (e.g. swarmd's guardian): a child is
+    a process with `child_marker` (the child script's path) anywhere in its command line -- its argv[0]
+    (child.sh), or its argv[1] (a Python child script run by the interpreter)."""
     try:
         root = psutil.Process(daemon)
         tree = [root, *root.children(recursive=True)]
@@ -91,10 +93,10 @@ def helpers(daemon: int, child_marker: str) -> list[int]:
     pids = []
     for proc in tree:
         try:
-            argv0 = (proc.cmdline() or [""])[0]
+            argv = proc.cmdline()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
-        if argv0 != child_marker:
+        if child_marker not in argv:
             pids.append(proc.pid)
     return pids
 
