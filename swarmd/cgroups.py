@@ -24,7 +24,8 @@ that runs as another user (moving a process needs write access to the common anc
 CLONE_INTO_CGROUP is out of reach from Python. The race this leaves -- a program that forks within
 microseconds of its exec leaves that child in `supervisor/` -- is narrowed by moving the leader's group
 members found in `supervisor/` along with it, and closed by the daemon's other nets (the token, the group,
-the subreaper), which find such a process wherever it is. Each write is a kernfs operation of tens of
+the subreaper), which find such a process wherever it is -- and, once the daemon is gone, by the guardian,
+which kills every process of `supervisor/` but itself and the daemon (`guardian.supervisor_leaf`). Each write is a kernfs operation of tens of
 microseconds (a migration waits for an RCU grace period now and then: ~10 ms, measured).
 
 A start is killed with `cgroup.kill` (Linux 5.14+; before that, each pid of `cgroup.procs`, a few times

@@ -18,7 +18,11 @@ the same pid) and every listed cgroup (`cgroup.kill`), then, round after round u
 every process that carries one of the instance's tokens in its environment (a process that left its group
 with setsid or a double fork keeps it), every child the daemon still has (after `R`: the orphans it
 adopted; on a clean shutdown the daemon waits for the guardian, so all of them), and everything
-reachable from those: their children, their sessions, their groups. Then it removes the listed cgroups.
+reachable from those: their children, their sessions, their groups -- and, where the starts have cgroups,
+every other process of the `supervisor/` leaf the guardian itself lives in: only the daemon and the guardian
+belong there, so anything else is a leader's child forked before the leader was moved into its own cgroup
+(the race swarmd/cgroups.py documents), which may have cleared its environment and left its group and the
+daemon's tree. Then it removes the listed cgroups.
 It ignores the terminal's and systemd's polite signals: its only job is to outlive the daemon by a few
 milliseconds.
 
@@ -399,6 +403,7 @@ def kill_everything(instance: str, starts: dict[int, tuple[int, str, str]], daem
     for cgroup in cgroups:
         kill_cgroup(cgroup)
     prefix = f"{instance}." if instance else None
+    leaf = supervisor_leaf(cgroups, me)
 
     def find() -> list[Proc]:
         procs = read_procs(proc)
@@ -416,6 +421,9 @@ def kill_everything(instance: str, starts: dict[int, tuple[int, str, str]], daem
                 seeds[p.pid] = True
         for cgroup in cgroups:
             seeds.update((pid, True) for pid in cgroup_pids(cgroup) if pid in procs)
+        if leaf is not None:  # strays of the supervisor/ leaf: never the guardian, its parent or the daemon
+            spared = {me, os.getppid(), parent if parent is not None else me}
+            seeds.update((pid, True) for pid in cgroup_pids(leaf) if pid in procs and pid not in spared)
         if prefix:
             for pid in procs:
                 if pid not in seeds:
@@ -427,6 +435,16 @@ def kill_everything(instance: str, starts: dict[int, tuple[int, str, str]], daem
     kill_rounds(find, proc)
     for cgroup in cgroups:
         remove_cgroup(cgroup, patience=2.0)
+
+
+def supervisor_leaf(cgroups: list[str], me: int) -> str | None:
+    """The daemon's `supervisor/` leaf -- the sibling of the starts' cgroups -- when the guardian (`me`) is
+    in it; None otherwise (no cgroups listed, or a layout this does not know: then nothing is killed for
+    being there)."""
+    if not cgroups:
+        return None
+    leaf = os.path.join(os.path.dirname(cgroups[0]), "supervisor")
+    return leaf if me in cgroup_pids(leaf) else None
 
 
 class Orders:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -292,3 +293,43 @@ def test_with_a_made_cgroup_each_start_has_its_own(tmp_path, escaper, made_cgrou
                    timeout=5, what="only supervisor/ left")
     finally:
         daemon.kill()
+
+
+def test_a_stray_left_in_supervisor_dies_with_the_daemon(tmp_path, escaper, made_cgroup):
+    """The race cgroups.py documents, made certain: a process in the daemon's supervisor/ leaf that is not
+    the daemon's child, has no token and a session of its own (a leader's child forked before the leader
+    was moved). When the daemon is SIGKILLed the guardian kills it; a like process outside the subtree
+    lives on."""
+    _, command = escaper("settled")
+    leaf = made_cgroup / "supervisor"
+    sleeper = [PY, "-c", "import time; time.sleep(600)"]
+
+    def enter(directory: Path):
+        def move() -> None:
+            with open(directory / "cgroup.procs", "w") as handle:
+                handle.write("0")
+        return move
+
+    daemon = Daemon(tmp_path, backend_yaml(backend(command)), preexec_fn=enter(made_cgroup))
+    stray = outsider = None
+    try:
+        daemon.wait_log("each backend start gets its own cgroup")
+        wait_until(lambda: status(daemon) == "running", timeout=10, what="running")
+        stray = subprocess.Popen([*sleeper, f"stray-{secrets.token_hex(4)}"], env={}, start_new_session=True,
+                                 preexec_fn=enter(leaf))
+        outsider = subprocess.Popen([*sleeper, f"outsider-{secrets.token_hex(4)}"], env={},
+                                    start_new_session=True)
+        wait_until(lambda: str(stray.pid) in (leaf / "cgroup.procs").read_text().split(), timeout=5,
+                   what="the stray in supervisor/")
+        daemon.kill()
+        assert stray.wait(timeout=10) == -signal.SIGKILL
+        time.sleep(0.5)  # the guardian's rounds are over by now (it is gone: see below)
+        assert outsider.poll() is None, "a process outside swarmd's cgroups was killed"
+        wait_until(lambda: [p.name for p in made_cgroup.iterdir() if p.is_dir()] == ["supervisor"],
+                   timeout=5, what="only supervisor/ left")
+    finally:
+        daemon.kill()
+        for process in (stray, outsider):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
