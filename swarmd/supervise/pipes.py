@@ -74,15 +74,23 @@ class LineSplitter:
             return _decode(pending[:MAX_LINE]) + CUT_MARK
         first_end = data.find(b"\n")
         pending, self._pending = self._pending, data[end + 1:]
+        text = self._complete(pending, data, first_end, end)
         if len(self._pending) > MAX_LINE:  # a read larger than MAX_LINE ending in a long partial line
-            self._pending, self._cutting = b"", True  # (not with READ_SIZE <= MAX_LINE; kept correct anyway)
+            # (not with READ_SIZE <= MAX_LINE; kept correct anyway): delivered cut now, its rest dropped
+            text += "\n" + _decode(self._pending[:MAX_LINE]) + CUT_MARK
+            self._pending, self._cutting = b"", True
+        return text
+
+    @staticmethod
+    def _complete(pending: bytes, data: bytes, first_end: int, end: int) -> str:
+        """The lines `pending` + `data[:end]` make (`first_end`: where the first of them ends in `data`)."""
         if len(pending) + first_end > MAX_LINE:  # the first line, with what came before, is too long
             first = _decode((pending + data[:first_end])[:MAX_LINE]) + CUT_MARK
             rest = data[first_end + 1:end]
-            return first if first_end == end else first + "\n" + self._cut_each(rest)
+            return first if first_end == end else first + "\n" + LineSplitter._cut_each(rest)
         body = data[:end]
         if end > MAX_LINE:  # a line inside one read can be too long only if the read is
-            return self._cut_each(pending + body)
+            return LineSplitter._cut_each(pending + body)
         return _decode(pending + body if pending else body)
 
     @staticmethod
