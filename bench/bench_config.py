@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import procs
 from bench.report import Goal, Result
-from bench.session import Settings, StartFailed, guarded, log, running, spawn_timeout
+from bench.session import Settings, guarded, log, running
 from bench.systems import Swarmd, System, atomic_write
 
 NAME = "config"
@@ -149,14 +149,5 @@ def running_at_most(cls: type[System], count: int, settings: Settings, notes: li
     log(note)
     notes.append(note)
     system = PartlyEnabledSwarmd(settings.root, settings.swarmd_src, enabled)
-    try:
-        mark = system.stamps.mark()
-        programs = {i: f"c{i}" for i in range(count)}
-        launched = system.start(programs)
-        last = system.stamps.wait_all({programs[i] for i in range(enabled)}, mark, spawn_timeout(enabled))
-        if last is None:
-            raise StartFailed(f"swarmd: not all {enabled} enabled children started in time\n{system.log_tail()}")
-        system.wait_api()
-        yield system, last - launched
-    finally:
-        system.close()
+    with running(cls, count, settings, system=system, started=enabled) as started:
+        yield started

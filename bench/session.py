@@ -40,19 +40,23 @@ def spawn_timeout(count: int) -> float:
 
 
 @contextlib.contextmanager
-def running(cls: type[System], count: int, settings: Settings) -> Iterator[tuple[System, float]]:
-    """Start `cls` with `count` children labelled c0..; yield (system, seconds until all were exec'd).
+def running(cls: type[System], count: int, settings: Settings, *, system: System | None = None,
+            started: int | None = None) -> Iterator[tuple[System, float]]:
+    """Start `cls` (or `system`, made by the caller) with `count` children labelled c0..; yield (system,
+    seconds until the first `started` of them -- default all -- were exec'd).
 
     Whatever happens, everything the system started is killed on exit.
     """
-    system = Swarmd(settings.root, settings.swarmd_src) if cls is Swarmd else cls(settings.root)
+    if system is None:
+        system = Swarmd(settings.root, settings.swarmd_src) if cls is Swarmd else cls(settings.root)
+    started = count if started is None else started
     try:
         mark = system.stamps.mark()
         programs = {i: f"c{i}" for i in range(count)}
         launched = system.start(programs)
-        last = system.stamps.wait_all(set(programs.values()), mark, spawn_timeout(count))
+        last = system.stamps.wait_all({programs[i] for i in range(started)}, mark, spawn_timeout(started))
         if last is None:
-            raise StartFailed(f"{cls.name}: not all {count} children started in time\n{system.log_tail()}")
+            raise StartFailed(f"{cls.name}: not all {started} children started in time\n{system.log_tail()}")
         system.wait_api()
         yield system, last - launched
     finally:

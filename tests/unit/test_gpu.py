@@ -7,6 +7,7 @@ thread by `refresh`, at most every max_age seconds, one read shared by concurren
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -320,13 +321,21 @@ class FakeNvml:
         return [SimpleNamespace(pid=2**22 + 7, usedGpuMemory=1)]  # a pid that does not exist here
 
 
+@contextlib.contextmanager
+def nvml_module(monkeypatch, fake):
+    """`fake` stands in for the `pynvml` module, with no inventory loaded yet (and none left after)."""
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    gpu.set_inventory(None)
+    try:
+        yield fake
+    finally:
+        gpu.set_inventory(None)
+
+
 @pytest.fixture
 def nvml(monkeypatch):
-    fake_module = FakeNvml()
-    monkeypatch.setitem(sys.modules, "pynvml", fake_module)
-    gpu.set_inventory(None)
-    yield fake_module
-    gpu.set_inventory(None)
+    with nvml_module(monkeypatch, FakeNvml()) as fake:
+        yield fake
 
 
 async def test_nvml_is_called_only_at_load_and_in_refresh_threads(nvml, caplog):

@@ -18,7 +18,7 @@ import trio
 from swarmd import gpu
 from swarmd.gpu import GPU, GpuFailure, HealthEvent, PinError, StaticInventory
 from tests.helpers import eventually, running, status
-from tests.unit.test_gpu import FakeNvml
+from tests.unit.test_gpu import FakeNvml, nvml_module
 
 A = "GPU-11111111-0000-4000-8000-000000000000"
 B = "GPU-22222222-1111-4000-8000-111111111111"
@@ -194,11 +194,8 @@ class EventNvml(FakeNvml):
 
 @pytest.fixture
 def nvml(monkeypatch):
-    fake = EventNvml()
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    gpu.set_inventory(None)
-    yield fake
-    gpu.set_inventory(None)
+    with nvml_module(monkeypatch, EventNvml()) as fake:
+        yield fake
 
 
 async def watched(nursery: trio.Nursery) -> list[GpuFailure]:
@@ -224,10 +221,8 @@ async def test_nvml_xid_events_are_waited_for_in_a_thread_and_name_the_gpu(nvml,
 
 
 async def test_a_gpu_that_nvml_loses_is_failed_also_without_events(monkeypatch, nursery):
-    fake = EventNvml(events=False)  # no event set on this driver: the GPUs are only polled
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    gpu.set_inventory(None)
-    try:
+    # no event set on this driver: the GPUs are only polled
+    with nvml_module(monkeypatch, EventNvml(events=False)) as fake:
         seen = await watched(nursery)
         await trio.sleep(0.2)
         assert seen == []
@@ -237,8 +232,6 @@ async def test_a_gpu_that_nvml_loses_is_failed_also_without_events(monkeypatch, 
         assert (await gpu.resource_info())["0"]["failed"]["reason"] == seen[0].reason
         event_loop = threading.current_thread().name
         assert all(thread != event_loop for _, thread in fake.calls)
-    finally:
-        gpu.set_inventory(None)
 
 
 async def test_without_nvml_there_is_nothing_to_watch(monkeypatch):
