@@ -236,8 +236,8 @@ def check_reload(previous: bf.BackendsFile | None, data: bytes) -> bf.BackendsFi
         assert list(quick.backends) == list(expected.backends)  # sorted by id, like a parse
         assert quick._index == expected._index
         assert (quick.text, quick.data) == (expected.text, expected.data)
-        assert previous is not None and previous._index is not None
-        before = {backend_id: previous.text[start:end] for backend_id, start, end in previous._index.entries}
+        reusable = previous._index.entries if previous is not None and previous._index is not None else ()
+        before = {backend_id: previous.text[start:end] for backend_id, start, end in reusable}
         for backend_id, start, end in quick._index.entries:  # unchanged entries: the very same definitions
             if before.get(backend_id) == quick.text[start:end]:
                 assert quick.backends[backend_id] is previous.backends[backend_id]
@@ -262,6 +262,20 @@ def test_an_incremental_reload_reads_what_a_whole_file_parse_reads(case: tuple[s
     # and once more on top of the new version (a reload after a reload), back to the base
     if new is not None:
         check_reload(new, base.encode())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(edited(), st.integers(min_value=1, max_value=4))
+def test_a_first_load_entry_by_entry_reads_what_a_whole_file_parse_reads(
+        case: tuple[str, str, str | None], batch: int) -> None:
+    """The first load (no previous version) parses the entries in batches, for memory: whatever the
+    batch size, it reads what the whole-file parse reads, or leaves the file to it."""
+    _, text, unusual = case
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(incremental, "BATCH", batch)
+        if unusual in FALL_BACK:
+            assert incremental.reparse(PATH, text.encode(), None, bf.TYPES) is None, unusual
+        check_reload(None, text.encode())
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
