@@ -1,30 +1,47 @@
 """The guardian: a tiny process that kills every backend's processes when the daemon goes away -- and the
 stdlib-only core that finds a start's processes, which the daemon imports too.
 
-Run by the daemon as `python -I -S guardian.py` with a pipe on stdin. The daemon writes, one line each:
+Started by the daemon as `/bin/sh -c '<wait>' swarmd-guardian <python> guardian.py <fd>` (process.py's
+`Guardian`), with a pipe on stdin whose write end only the daemon holds and never writes to: the shell
+ignores the terminal's and systemd's polite signals, waits for end of file on the pipe -- the daemon's end,
+however it ends, closes it -- then execs `<python> -I -S guardian.py <fd>`, the same pid. What to kill is
+in a file the two share, a memfd the guardian has at descriptor <fd>: the daemon keeps its orders there
+(`Registry`), one `pwrite` each, and the guardian reads the file once, when the pipe has closed. Why: a
+Python interpreter waiting out the daemon's life costs ~11 MB of RSS where a dash costs ~1.7 MB, and a line
+on a pipe per start and per end woke the guardian every time (~80 us of the daemon's per write), where a
+pwrite to a memfd wakes nobody. A record never straddles a page and a pwrite within a page is done or not
+done, so a daemon killed at any instant leaves a file that reads as the orders it had given. (Where
+/bin/sh does not exist, the daemon starts Python directly: it waits on the same pipe, then reads the same
+file.)
+
+The file is a whole number of SLOT-byte slots. Every record is one line -- its text, padded with spaces,
+ending in a newline -- that fills one or more whole slots; a free slot is a blank line. The records:
 
     I<instance>                   the daemon's instance: its starts' tokens are `<instance>.<n>`
     R<pid> <start> <sid> <pgrp>   the daemon (its pid, start time, session, group -- never read from
                                   /proc later: by then the pid may be someone else's) is its backends'
                                   child subreaper: its children are theirs
-    +<pgid> <start> [<token> [<cgroup>]]
-                                  a start began; its leader (start time <start>, 0 if unknown) leads
-                                  process group and session <pgid>
-    -<pgid>                       that start is over (its leftovers were killed)
+    +<pgid> <lo>:<hi> [<token> [<cgroup>]]
+                                  a start is running or not yet swept: its leader leads process group and
+                                  session <pgid> and started between boot ticks <lo> and <hi> (the daemon's
+                                  clock just before and just after the fork; a single number is both; 0:
+                                  unknown)
+
+A start that is over (its leftovers were killed) is a blank again.
 
 When the pipe closes -- the daemon exited, cleanly or by SIGKILL -- the guardian SIGKILLs every listed
-group (while its number is still the start's: its leader alive, or dead and not replaced by a stranger of
-the same pid) and every listed cgroup (`cgroup.kill`), then, round after round until a round finds nothing new,
-every process that carries one of the instance's tokens in its environment (a process that left its group
-with setsid or a double fork keeps it), every child the daemon still has (after `R`: the orphans it
-adopted; on a clean shutdown the daemon waits for the guardian, so all of them), and everything
-reachable from those: their children, their sessions, their groups -- and, where the starts have cgroups,
-every other process of the `supervisor/` leaf the guardian itself lives in: only the daemon and the guardian
-belong there, so anything else is a leader's child forked before the leader was moved into its own cgroup
-(the race swarmd/cgroups.py documents), which may have cleared its environment and left its group and the
-daemon's tree. Then it removes the listed cgroups.
-It ignores the terminal's and systemd's polite signals: its only job is to outlive the daemon by a few
-milliseconds.
+group (while its number is still the start's: its leader alive and started within its window, or dead) and
+every listed cgroup (`cgroup.kill`), then, round after round until a round finds nothing new, every process
+that carries one of the instance's tokens in its environment (a process that left its group with setsid or
+a double fork keeps it), every child the daemon still has (after `R`: the orphans it adopted; on a clean
+shutdown the daemon waits for the guardian, so all of them), and everything reachable from those: their
+children, their sessions, their groups -- and, where the starts have cgroups, every other process of the
+`supervisor/` leaf the guardian itself lives in: only the daemon and the guardian belong there, so anything
+else is a leader's child forked before the leader was moved into its own cgroup (the race swarmd/cgroups.py
+documents), which may have cleared its environment and left its group and the daemon's tree. Then it
+removes the listed cgroups.
+It ignores the terminal's and systemd's polite signals (the shell did already, and ignored signals stay
+ignored across exec): its only job is to outlive the daemon by a few milliseconds.
 
 Stdlib only and no imports of swarmd: it starts in a few milliseconds with site disabled.
 """
@@ -33,6 +50,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Container
@@ -378,28 +396,46 @@ def kill_rounds(find, proc: str = "/proc") -> list[Proc]:
 # -- the guardian process -------------------------------------------------------------------------------------
 
 
-def _still_ours(pgid: int, leader_start: int, proc: str = "/proc") -> bool:
-    """Whether group/session number `pgid` is still the start's: its leader is the same process (the same
-    start time), or gone -- then the number stays reserved while members of the group live."""
+def born_within(starttime: int, window: tuple[int, int] | int) -> bool:
+    """Whether a process that started at `starttime` (boot ticks) may be the leader `window` describes: the
+    boot ticks `(lo, hi)` the daemon read just before and just after the fork (one number: both), (0, 0) or 0
+    when unknown -- then any process may be."""
+    lo, hi = (window, window) if isinstance(window, int) else window
+    return not hi or lo <= starttime <= hi
+
+
+def _still_ours(pgid: int, window: tuple[int, int] | int, proc: str = "/proc") -> bool:
+    """Whether group/session number `pgid` is still the start's: its leader is alive and started within
+    `window` (`born_within`), or it is gone -- then the number stays reserved while members of the group live.
+
+    A window, not the leader's exact start time, so that the daemon need not read /proc per start. It is
+    enough: the daemon cannot have reaped the leader before it read the window's end, so a stranger that
+    reuses the pid started after that -- out of the window, unless within the same clock tick, which would
+    take a full wrap-around of the pid numbers within milliseconds."""
     data = _read(f"{proc}/{pgid}/stat", 4096)
     now = parse_stat(data) if data else None
-    return now is None or not leader_start or now.starttime == leader_start
+    return now is None or born_within(now.starttime, window)
 
 
-def kill_everything(instance: str, starts: dict[int, tuple[int, str, str]], daemon: Proc | None = None,
+#: What the guardian is told of a start: (pgid, its leader's window of boot ticks, token, cgroup directory).
+Listed = tuple[int, tuple[int, int], str, str]
+
+
+def kill_everything(instance: str, starts: list[Listed], daemon: Proc | None = None,
                     proc: str = "/proc") -> None:
-    """What the guardian does when the daemon is gone: see the module docstring. `starts` maps each listed
-    pgid to its leader's start time (0: unknown), token and cgroup directory (either possibly empty).
-    `daemon` (as the daemon told), when it is the backends' subreaper: its children are killed too --
-    while its pid is still its own (the same start time) and it is not PID 1."""
+    """What the guardian does when the daemon is gone: see the module docstring. `starts` lists each start's
+    pgid, its leader's window of start times ((0, 0): unknown), token and cgroup directory (either possibly
+    empty); a pgid may be listed twice (a start's leader was reaped and its pid reused before it was swept).
+    `daemon` (as the daemon told), when it is the backends' subreaper: its children are killed too -- while
+    its pid is still its own (the same start time) and it is not PID 1."""
     me = os.getpid()
-    for pgid, (leader_start, _, _) in starts.items():
-        if _still_ours(pgid, leader_start, proc):
+    for pgid, window, _, _ in starts:
+        if _still_ours(pgid, window, proc):
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except OSError:
                 pass
-    cgroups = [cgroup for _, _, cgroup in starts.values() if cgroup]
+    cgroups = [cgroup for _, _, _, cgroup in starts if cgroup]
     for cgroup in cgroups:
         kill_cgroup(cgroup)
     prefix = f"{instance}." if instance else None
@@ -407,8 +443,8 @@ def kill_everything(instance: str, starts: dict[int, tuple[int, str, str]], daem
 
     def find() -> list[Proc]:
         procs = read_procs(proc)
-        groups = {pgid for pgid, (leader_start, _, _) in starts.items()
-                  if pgid not in procs or not leader_start or procs[pgid].starttime == leader_start}
+        groups = {pgid for pgid, window, _, _ in starts
+                  if pgid not in procs or born_within(procs[pgid].starttime, window)}
         barrier = {me}
         parent = None  # the daemon, while its pid is still its own
         if daemon is not None and daemon.pid > 1 and \
@@ -448,15 +484,15 @@ def supervisor_leaf(cgroups: list[str], me: int) -> str | None:
 
 
 class Orders:
-    """What the daemon has told the guardian so far: the lines of the module docstring."""
+    """What the daemon has told the guardian: the records of the module docstring."""
 
     def __init__(self) -> None:
         self.instance = ""
-        self.starts: dict[int, tuple[int, str, str]] = {}  # pgid -> (leader's start time, token, cgroup)
+        self.starts: list[Listed] = []
         self.daemon: Proc | None = None
 
     def take(self, text: str) -> None:
-        """One line (without its newline); a malformed one is ignored."""
+        """One record (without its padding and newline); a malformed one is ignored."""
         try:
             if text[:1] == "I":
                 self.instance = text[1:]
@@ -464,30 +500,148 @@ class Orders:
                 pid, start, sid, pgrp = (int(field) for field in text[1:].split())
                 self.daemon = Proc(pid, 0, pgrp, sid, start, False, "swarmd")
             elif text[:1] == "+":
-                pgid, leader_start, token, cgroup = (text[1:].split(" ", 3) + ["", "", ""])[:4]
-                self.starts[int(pgid)] = (int(leader_start or 0), token, cgroup)
-            elif text[:1] == "-":
-                self.starts.pop(int(text[1:]), None)
+                pgid, window, token, cgroup = (text[1:].split(" ", 3) + ["", "", ""])[:4]
+                lo, _, hi = window.partition(":")
+                low = int(lo or 0)
+                self.starts.append((int(pgid), (low, int(hi) if hi else low), token, cgroup))
         except ValueError:
             pass
+
+
+# -- the registry file: the daemon writes it, the guardian reads it ------------------------------------------
+
+#: The registry file's unit: a record fills one or more whole slots.
+SLOT = 128
+#: Slots in 4096 bytes, the smallest page there is: no record straddles a multiple of 4096 (see `Registry`).
+PAGE_SLOTS = 4096 // SLOT
+#: The longest record text (in bytes) a Registry takes: one that fills a page.
+LONGEST = PAGE_SLOTS * SLOT - 1
+_BLANK = b" " * (SLOT - 1) + b"\n"
+
+
+def read_orders(fd: int) -> Orders:
+    """The orders in the registry file at `fd`, read from offset 0 to its end: every non-blank line, its
+    padding stripped (what follows the last newline, were there any, is no record)."""
+    chunks = []
+    offset = 0
+    while True:
+        try:
+            chunk = os.pread(fd, 1 << 20, offset)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    data = b"".join(chunks)
+    orders = Orders()
+    for line in data[:data.rfind(b"\n") + 1].split(b"\n"):
+        text = line.lstrip(b"\0").rstrip(b" ")  # (\0: a hole, had a write beyond the end ever failed)
+        if text:
+            orders.take(text.decode("utf-8", "surrogateescape"))
+    return orders
+
+
+class Registry:
+    """The daemon's side of the registry file (module docstring): which slots hold what, which are free. The
+    file is written with one pwrite per `add` and per `remove`, and never read back.
+
+    A record takes a free run of exactly its size (the one freed last), else the first slots of a longer
+    free run, else new slots at the end of the file. Free runs are never merged: nearly every record takes
+    one slot, or as many as the others (the same cgroup directory, numbers of about the same length). No run
+    straddles a multiple of 4096 bytes: where one would, the end of the file moves to the boundary and the
+    slots skipped are a free run. A write within a page is whole or not done however its writer dies (the
+    kernel copies a page at a time and looks for a fatal signal between pages), so whatever instant the
+    daemon dies at, the file holds every record it finished adding and no part of another."""
+
+    def __init__(self, fd: int, header: str = "") -> None:
+        self.fd = fd
+        self.end = 0  # slots in the file
+        self._free: dict[int, list[int]] = {}  # run length -> the first slots of free runs of that length
+        # key -> its records' (first slot, slots), oldest first
+        self._held: dict[int, list[tuple[int, int]]] = {}
+        for line in header.splitlines():
+            if line:
+                self._place(line)
+
+    def add(self, key: int, text: str) -> None:
+        """Write the record `text` (no newline in it; LONGEST bytes at most), filed under `key` (a pgid: one
+        may have several records). Raises OSError when the file cannot be written (nothing is added then),
+        ValueError when the text is too long. Nothing at all once closed."""
+        if self.fd >= 0:
+            self._held.setdefault(key, []).append(self._place(text))
+
+    def remove(self, key: int) -> bool:
+        """Blank the oldest record filed under `key`. False when there is none (or the registry is closed).
+        Raises OSError when the file cannot be written (the record stays filed then)."""
+        runs = self._held.get(key)
+        if not runs or self.fd < 0:
+            return False
+        first, count = runs[0]
+        os.pwrite(self.fd, _BLANK * count, first * SLOT)
+        del runs[0]
+        if not runs:
+            del self._held[key]
+        self._free.setdefault(count, []).append(first)
+        return True
+
+    def records(self) -> int:
+        return sum(len(runs) for runs in self._held.values())
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _place(self, text: str) -> tuple[int, int]:
+        data = text.encode("utf-8", "surrogateescape")
+        if b"\n" in data or len(data) > LONGEST:
+            raise ValueError(f"not a record: {text[:80]!r}")
+        count = (len(data) + SLOT) // SLOT  # the text and its newline, in whole slots
+        record = data + b" " * (count * SLOT - len(data) - 1) + b"\n"
+        free = self._free.get(count)
+        if free:
+            first = free.pop()
+            try:
+                os.pwrite(self.fd, record, first * SLOT)
+            except OSError:
+                free.append(first)
+                raise
+            return first, count
+        longer = [length for length, runs in self._free.items() if length > count and runs]
+        if longer:
+            length = min(longer)
+            runs = self._free[length]
+            first = runs.pop()
+            try:
+                os.pwrite(self.fd, record, first * SLOT)
+            except OSError:
+                runs.append(first)
+                raise
+            self._free.setdefault(length - count, []).append(first + count)
+            return first, count
+        first = self.end
+        gap = 0
+        if first // PAGE_SLOTS != (first + count - 1) // PAGE_SLOTS:
+            gap = PAGE_SLOTS - first % PAGE_SLOTS
+        os.pwrite(self.fd, _BLANK * gap + record, first * SLOT)
+        if gap:
+            self._free.setdefault(gap, []).append(first)
+        self.end = first + gap + count
+        return first + gap, count
 
 
 def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
-    orders = Orders()
-    pending = b""
-    while True:
+    fd = int(sys.argv[1]) if len(sys.argv) > 1 else 3  # the registry file
+    while True:  # wait for the daemon's end (started by /bin/sh, stdin is at its end already)
         try:
-            data = os.read(0, 65536)
-        except InterruptedError:
-            continue
-        if not data:
+            if not os.read(0, 65536):
+                break
+        except OSError:
             break
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            orders.take(line.decode("utf-8", "surrogateescape"))
+    orders = read_orders(fd)
     kill_everything(orders.instance, orders.starts, orders.daemon)
 
 

@@ -372,45 +372,44 @@ def test_the_guardian_kills_groups_tokens_and_the_subreapers_children(monkeypatc
     monkeypatch.setattr(core, "kill", lambda p, signum=signal.SIGKILL, proc="/proc": killed.append(p.pid) or True)
     monkeypatch.setattr(core.os, "getpid", lambda: 11)
     monkeypatch.setattr(core.os, "killpg", lambda pgid, signum: killed_groups.append(pgid))
-    monkeypatch.setattr(core, "_still_ours", lambda pgid, leader_start, proc="/proc": True)
-    core.kill_everything("ab", {20: (100, "ab.1", "")}, daemon)
+    monkeypatch.setattr(core, "_still_ours", lambda pgid, window, proc="/proc": True)
+    core.kill_everything("ab", [(20, (100, 101), "ab.1", "")], daemon)
     assert killed_groups == [20]
     assert sorted(killed) == [20, 21, 30, 31, 40]
     killed.clear()
     killed_groups.clear()
     # Group 20's number is a stranger's now (its leader's pid, another start time): left alone.
-    monkeypatch.setattr(core, "_still_ours", lambda pgid, leader_start, proc="/proc": False)
-    core.kill_everything("ab", {20: (555, "ab.1", "")}, None)
+    monkeypatch.setattr(core, "_still_ours", lambda pgid, window, proc="/proc": False)
+    core.kill_everything("ab", [(20, (555, 556), "ab.1", "")], None)
     assert killed_groups == [] and sorted(killed) == [30, 31]
     killed.clear()
-    core.kill_everything("ab", {}, None)  # not a subreaper: the daemon's children are not its business
+    core.kill_everything("ab", [], None)  # not a subreaper: the daemon's children are not its business
     assert sorted(killed) == [30, 31]
     killed.clear()
     table[10] = P(10, 1, 10, 10, starttime=999)  # the daemon's pid is someone else's already
-    core.kill_everything("ab", {}, daemon)
+    core.kill_everything("ab", [], daemon)
     assert sorted(killed) == [30, 31]
     killed.clear()
-    core.kill_everything("ab", {}, P(1, 0))  # never PID 1's children
+    core.kill_everything("ab", [], P(1, 0))  # never PID 1's children
     assert sorted(killed) == [30, 31]
 
 
-def test_what_the_daemon_writes_is_what_the_guardian_reads(monkeypatch):
+def test_what_the_daemon_writes_is_what_the_guardian_reads():
     containment = process.Containment(subreaper=True)
-    guardian = process.Guardian(containment)
-    sent: list[str] = [guardian.greeting()]
-    monkeypatch.setattr(guardian, "_send", sent.append)  # (no process: only the lines)
-    start = process.Start(7, f"{containment.instance}.7", 100, cgroup="/sys/fs/cgroup/a b/start-7-x", pid=4321,
-                          leader_start=555)
-    guardian.register(4321, start)
-    guardian.register(4400, process.Start(8, f"{containment.instance}.8", 100, pid=4400))
-    guardian.register(4500)
-    guardian.unregister(4400)
-    me = containment.me
-    orders = core.Orders()
-    for line in "".join(sent).splitlines():
-        orders.take(line)
-    orders.take("+garbage")
-    assert orders.instance == containment.instance
-    assert orders.daemon.pid == os.getpid() and orders.daemon.starttime == me.starttime
-    assert orders.starts == {4321: (555, f"{containment.instance}.7", "/sys/fs/cgroup/a b/start-7-x"),
-                             4500: (0, "", "")}
+    guardian = process.Guardian(containment)  # (not started: only its registry)
+    try:
+        start = process.Start(7, f"{containment.instance}.7", 100, cgroup="/sys/fs/cgroup/a b/start-7-x",
+                              pid=4321, forked=102)
+        guardian.register(4321, start)
+        guardian.register(4400, process.Start(8, f"{containment.instance}.8", 100, pid=4400, forked=101))
+        guardian.register(4500)
+        guardian.unregister(4400)
+        os.pwrite(guardian._registry.fd, b"+garbage\n", guardian._registry.end * core.SLOT)
+        me = containment.me
+        orders = core.read_orders(guardian._registry.fd)
+        assert orders.instance == containment.instance
+        assert orders.daemon.pid == os.getpid() and orders.daemon.starttime == me.starttime
+        assert sorted(orders.starts) == [
+            (4321, (100, 102), f"{containment.instance}.7", "/sys/fs/cgroup/a b/start-7-x"), (4500, (0, 0), "", "")]
+    finally:
+        guardian.close()
