@@ -63,6 +63,7 @@ from swarmd.supervise.pipes import PipeReader
 from swarmd.supervise.process import ChildProcess, Guardian
 from swarmd.supervise.shell import BackendShell, Spawner
 from swarmd.supervise.stats import FleetStats
+from swarmd.supervise.timers import Timers
 from swarmd.types import TYPES, BackendType
 
 log = logging.getLogger("swarmd.fleet")
@@ -79,6 +80,8 @@ class FleetError(Exception):
 class Backend:
     """One backend: its definition (owned by the Fleet), its shell (which owns its process and, through
     its lifecycle, its status) and its output ring (kept across restarts and edits)."""
+
+    __slots__ = ("definition", "type", "shell", "ring", "modcount", "last_free", "api_cache", "__weakref__")
 
     def __init__(self, definition: BackendDef, backend_type: BackendType, shell: BackendShell,
                  ring: OutputRing) -> None:
@@ -151,6 +154,7 @@ class Fleet:
         self.store = BackendsStore(path, self.types)
         self._nursery = nursery
         pipes = PipeReader(nursery)  # one task reads every backend's output
+        self._timers = Timers(nursery)  # and one fires every backend's timers
         self._spawner: Spawner = spawner or (lambda spec: ChildProcess.start(spec, guardian, pipes))
         self._lock = trio.Lock()
         self._backends: dict[int, Backend] = {}
@@ -535,7 +539,7 @@ class Fleet:
                     backend.definition = definition = new[backend_id]
                     backend.type = self.types[definition.type_id]
                     backend.modcount += 1
-                    backend.shell.feed(Reconfigured(backend.shell.configure(backend.type, backend.settings)))
+                    backend.shell.feed(Reconfigured(backend.shell.configure(backend.type, definition.settings)))
                 case Enable(id=backend_id):
                     backend = self._backends[backend_id]
                     backend.definition = new[backend_id]
@@ -549,9 +553,10 @@ class Fleet:
         backend_type = self.types[definition.type_id]
         ring = OutputRing(*self._ring_bounds)
         shell = BackendShell(
-            label=f"backend-{definition.id}", backend_type=backend_type, settings=dict(definition.settings),
+            # the definition's read-only settings as they are: a copy would cost ~800 B per backend
+            label=f"backend-{definition.id}", backend_type=backend_type, settings=definition.settings,
             ring=ring, nursery=self._nursery, spawner=self._spawner, place_gpus=self._place_gpus,
-            on_change=self._changed)
+            on_change=self._changed, timers=self._timers)
         return Backend(definition, backend_type, shell, ring)
 
     def _changed(self) -> None:

@@ -34,11 +34,13 @@ Theory of operation
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
 import queue
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -147,6 +149,21 @@ class StaticInventory:
                 return seen
 
 
+#: The library pynvml loads (Linux).
+NVML_LIBRARY = "libnvidia-ml.so.1"
+
+
+def _nvml_module() -> Any:
+    """The `pynvml` module -- imported only where the NVIDIA driver's library loads, or where a stand-in is
+    in place already (a test's fake). The binding is a big module (1.6 MB of the daemon's memory, for
+    good), which a host without the driver has no use for. Raises OSError (no library), ImportError."""
+    if "pynvml" not in sys.modules:
+        ctypes.CDLL(NVML_LIBRARY)  # what pynvml's nvmlInit loads first (dlopen: loaded once, either way)
+    import pynvml
+
+    return pynvml
+
+
 class NvmlInventory:
     """The real inventory over NVML. Every call is guarded: a failing query gives what could be read.
 
@@ -158,10 +175,9 @@ class NvmlInventory:
         self._nvml: Any = None
         self._watch: tuple[Any, list[tuple[Any, str, Any]]] | None = None  # (event set, devices) once set up
         try:
-            import pynvml
-
+            pynvml = _nvml_module()
             pynvml.nvmlInit()
-        except Exception as err:  # NVMLError_LibraryNotFound / DriverNotLoaded / ImportError
+        except Exception as err:  # no library (OSError) / NVMLError_DriverNotLoaded / ImportError
             log.info("no NVIDIA driver found (%s): running without GPU inventory; gpu_id pins are passed "
                      "on unchecked", _nvml_text(err))
             return
@@ -418,7 +434,7 @@ def _merge(known: GPU, read: GPU | None) -> GPU:
 # -- pins ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pin:
     """Where a backend runs. `visible` is the CUDA_VISIBLE_DEVICES value ("" when not pinned)."""
 

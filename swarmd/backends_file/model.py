@@ -37,7 +37,7 @@ class FileInvalid(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BackendDef:
     """One backend as declared: every setting present (defaults filled in) and typed."""
 

@@ -112,7 +112,6 @@ from __future__ import annotations
 import enum
 import logging
 import signal
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -142,7 +141,7 @@ class Timer(enum.Enum):
 # -- configuration -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LifecycleConfig:
     """What the machine needs of a backend's settings (the backend type builds it)."""
 
@@ -400,7 +399,7 @@ _ALIVE = (State.LOADING, State.RUNNING)
 _REMOTE = (State.CHECKING, State.RUNNING, State.UNREACHABLE)
 
 
-@dataclass
+@dataclass(slots=True)
 class Lifecycle:
     """The lifecycle of one backend. Read anything; change it only through `handle`."""
 
@@ -423,7 +422,7 @@ class Lifecycle:
     #: The status the API shows (SwarmUI's names), kept current by `handle`: ListBackends of a thousand
     #: backends reads it a thousand times.
     status: str = "disabled"
-    _start_times: deque[float] = field(default_factory=deque)
+    _start_times: list[float] = field(default_factory=list)  # oldest first (a deque: 600 B per backend)
     _then: _Then | None = None
     _health_since: float = 0.0  # the machine's time of the last answer (or of becoming running)
 
@@ -787,8 +786,12 @@ class Lifecycle:
         self.consecutive_exits = 0
 
     def _forget_starts_before(self, cutoff: float) -> None:
-        while self._start_times and self._start_times[0] <= cutoff:
-            self._start_times.popleft()
+        times = self._start_times
+        old = 0
+        while old < len(times) and times[old] <= cutoff:
+            old += 1
+        if old:
+            del times[:old]
 
 
 def _seconds(value: float) -> str:

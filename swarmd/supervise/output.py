@@ -101,6 +101,9 @@ class OutputRing:
     """The last lines of one log, at most `lines` of them and `size` bytes of text. Appended by its owner (a
     backend's supervisor, or the daemon's logging handler); read by anyone."""
 
+    __slots__ = ("max_lines", "max_bytes", "_chunks", "_lines", "_bytes", "_seq", "lines_in", "bytes_in",
+                 "_changed", "_token", "_loop_thread")
+
     def __init__(self, lines: int = RING_LINES, size: int = RING_BYTES) -> None:
         self.max_lines = lines
         self.max_bytes = size

@@ -116,14 +116,29 @@ class PipeGroup:
     """The pipes of one process: `closed` is set once every one of them reached end of file, or when
     `on_output` raised (`error`: the reader stops reading the group, the owner's task raises it)."""
 
-    __slots__ = ("on_output", "open", "closed", "error", "_reader")
+    __slots__ = ("on_output", "open", "is_closed", "_closed", "error", "_reader")
 
     def __init__(self, on_output: OnOutput, reader: PipeReader) -> None:
         self.on_output = on_output
         self._reader = reader
         self.open: list[_Pipe] = []
-        self.closed = trio.Event()
+        self.is_closed = False
+        self._closed: trio.Event | None = None  # made when someone waits (once its process exited)
         self.error: Exception | None = None
+
+    @property
+    def closed(self) -> trio.Event:
+        """Set once the group is closed (made on demand, set at once when it already is)."""
+        if self._closed is None:
+            self._closed = trio.Event()
+            if self.is_closed:
+                self._closed.set()
+        return self._closed
+
+    def _close(self) -> None:
+        self.is_closed = True
+        if self._closed is not None:
+            self._closed.set()
 
     def release(self) -> None:
         """Stop reading the pipes still open (see `PipeReader.release`)."""
@@ -223,7 +238,7 @@ class PipeReader:
         if pipe in group.open:
             group.open.remove(pipe)
         if not group.open:
-            group.closed.set()
+            group._close()
 
     def _deliver(self, pipe: _Pipe, text: str) -> bool:
         """Hand `text` to the pipe's owner. Its failure is its own (a fault boundary: the reader serves
@@ -236,5 +251,5 @@ class PipeReader:
             if group.error is None:
                 group.error = err
                 self.release(group)
-                group.closed.set()
+                group._close()
             return False

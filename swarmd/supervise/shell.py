@@ -11,8 +11,8 @@ re-entrantly.
 Tasks run in the nursery the shell is given, and only while there is something to wait for: one task per
 live process (it pumps the output, waits for the exit through pidfd and reports it), one for the
 readiness check while loading, one for the health probes while running (when it has a health_check), one
-for the timers while any is armed, one for a remote backend's health checks. A backend at rest has no task
-at all.
+for a remote backend's health checks. Its timers are entries in the daemon's one `Timers` heap, fired by one
+task for every backend (supervise/timers.py). A backend at rest has no task at all.
 
 Fault boundary: every task of the shell runs inside `_guarded`, and every effect inside `feed`'s. Whatever
 raises there -- a backend type's launch, a probe, a free-memory hook, a bug of ours -- is logged with its
@@ -34,7 +34,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from subprocess import SubprocessError
 from typing import Any, Protocol
 
@@ -78,6 +78,7 @@ from swarmd.supervise.output import LogLine, OutputRing
 from swarmd.supervise.probes import backend_owns, probe_once, wait_ready
 from swarmd.supervise.process import ExitInfo, describe_spawn_error
 from swarmd.supervise.stats import BackendStats
+from swarmd.supervise.timers import Entry, Timers
 from swarmd.types import BackendType, LaunchFailed, LaunchRefused, LaunchSpec
 
 log = logging.getLogger("swarmd.supervisor")
@@ -86,12 +87,15 @@ TAIL_LINES = 20  # lines of output logged with an unexpected exit
 TELLING_LINES = 200  # the newest lines of a process's output searched for its telling line
 DRAIN_SECONDS = 0.5  # after the leader exits, how long its output pipes may still deliver
 CLEANUP_SECONDS = 2.0  # a cancelled shell waits this long for its SIGKILLed process
+_NO_PIN = Pin()  # every shell's pin until its first pinned start (frozen: one for all)
 
 
 class Output(Protocol):
     """A process's output being read (see `supervise.pipes.PipeGroup`)."""
 
-    closed: trio.Event  # set once every pipe reached end of file (or reading it failed)
+    @property
+    def closed(self) -> trio.Event:
+        """Set once every pipe reached end of file (or reading it failed)."""
 
     def release(self) -> None:
         """Stop reading (the last partial line is delivered) and close the pipes. Idempotent."""
@@ -133,17 +137,21 @@ class BackendShell:
     timers and remote monitor; the `Lifecycle` owns its state. The Fleet sets `type`/`settings` and feeds
     events."""
 
-    #: The cancel scope of the running health probes (`_watch_health`), None while none run.
-    _health_scope: trio.CancelScope | None = None
+    __slots__ = ("label", "type", "settings", "ring", "machine", "stats", "spec", "pin", "_nursery",
+                 "_spawner", "_place_gpus", "_port_owner", "_on_change", "_timers", "_process", "_spawn_id",
+                 "_first_seq", "_containing", "_queue", "_feeding", "_changed", "_armed", "_ready_scope",
+                 "_matcher", "_health_scope", "_monitor_scope", "_check_now", "__weakref__")
 
-    def __init__(self, *, label: str, backend_type: BackendType, settings: dict[str, Any],
+    def __init__(self, *, label: str, backend_type: BackendType, settings: Mapping[str, Any],
                  ring: OutputRing, nursery: trio.Nursery, spawner: Spawner,
                  place_gpus: Callable[[str, BackendShell], Pin] = lambda gpu_id, shell: gpu.place(gpu_id, {}),
                  on_change: Callable[[], None] = lambda: None,
-                 port_owner: Callable[[int], Awaitable[str | None]] = ports.find_owner) -> None:
+                 port_owner: Callable[[int], Awaitable[str | None]] = ports.find_owner,
+                 timers: Timers | None = None) -> None:
         """`label` names the backend in the log (`backend-<id>`; the Fleet updates it when the id changes).
         `place_gpus(gpu_id, shell)` resolves a pin at each start; `port_owner(port)` says who else listens
-        on a fixed port (None: nobody). The callables must not hold the shell
+        on a fixed port (None: nobody); `timers` fires its timers (the Fleet's, shared by every backend; by
+        default one of its own, in `nursery`). The callables must not hold the shell
         (or its Backend): a cycle would outlive a deleted backend once the heap is frozen."""
         self.label = label
         self.type = backend_type
@@ -152,12 +160,13 @@ class BackendShell:
         self.machine = Lifecycle(config=backend_type.lifecycle_config(settings))
         self.stats = BackendStats()  # what the metrics count for this backend (supervise/stats.py)
         self.spec: LaunchSpec | None = None  # of the current (or last) process
-        self.pin = Pin()  # the GPUs of the current (or last) process
+        self.pin = _NO_PIN  # the GPUs of the current (or last) process
         self._nursery = nursery
         self._spawner = spawner
         self._place_gpus = place_gpus
         self._port_owner = port_owner
         self._on_change = on_change
+        self._timers = timers if timers is not None else Timers(nursery)
         self._process: Process | None = None
         self._spawn_id = 0  # the latest Spawn effect's: an older spawn task that awaited gives way
         self._first_seq = 0  # the ring's last line before the current process started
@@ -166,11 +175,10 @@ class BackendShell:
         self._feeding = False
         # Events are made when someone waits: a thousand backends at rest hold none.
         self._changed: trio.Event | None = None  # wait_for's
-        self._deadlines: dict[Timer, float] = {}
-        self._timer_wakeup: trio.Event | None = None  # the timer task's, while it runs
-        self._timer_running = False
+        self._armed: dict[Timer, Entry] = {}  # each armed timer's entry in `_timers`
         self._ready_scope: trio.CancelScope | None = None
         self._matcher: re.Pattern[str] | None = None  # a log: readiness check, while loading
+        self._health_scope: trio.CancelScope | None = None  # the running health probes' (`_watch_health`)
         self._monitor_scope: trio.CancelScope | None = None
         self._check_now: trio.Event | None = None  # the remote monitor's, while it waits
 
@@ -220,7 +228,7 @@ class BackendShell:
         self._queue.clear()
         self._handle(Faulted(_describe(err)))
 
-    def configure(self, backend_type: BackendType, settings: dict[str, Any]) -> LifecycleConfig:
+    def configure(self, backend_type: BackendType, settings: Mapping[str, Any]) -> LifecycleConfig:
         """Use `backend_type` and `settings` from the next start on; returns the new lifecycle config
         (feed it as `Reconfigured`)."""
         self.type, self.settings = backend_type, settings
@@ -259,8 +267,9 @@ class BackendShell:
             case ArmTimer(timer=timer, seconds=seconds):
                 self._arm(timer, seconds)
             case CancelTimer(timer=timer):
-                if self._deadlines.pop(timer, None) is not None and self._timer_wakeup is not None:
-                    self._timer_wakeup.set()  # the timer task looks again (and ends when none is left)
+                entry = self._armed.pop(timer, None)
+                if entry is not None:
+                    self._timers.cancel(entry)
             case WatchHealth(on=on):
                 self._watch_health(on)
             case Monitor(on=on):
@@ -393,30 +402,24 @@ class BackendShell:
     # -- timers --------------------------------------------------------------------------------------------
 
     def _arm(self, timer: Timer, seconds: float) -> None:
-        self._deadlines[timer] = trio.current_time() + seconds
-        if self._timer_running:
-            if self._timer_wakeup is not None:
-                self._timer_wakeup.set()
-        else:
-            self._timer_running = True
-            self._nursery.start_soon(self._guarded, "timer", self._run_timers)
+        """Have `timer` fire in `seconds` (armed again: the earlier deadline is forgotten)."""
+        entry = self._armed.pop(timer, None)
+        if entry is not None:
+            self._timers.cancel(entry)
+        self._armed[timer] = self._timers.arm(self, timer, trio.current_time() + seconds)
 
-    async def _run_timers(self) -> None:
-        """Fire the armed timers in deadline order; return when none is left."""
+    def timer_due(self, timer: Timer, entry: Entry) -> None:
+        """Called by `_timers` when `entry` is due: fire `timer`, if that entry is still the one armed (not
+        cancelled nor armed again meanwhile). Whatever raises faults this backend: this is the timers'
+        fault boundary, as `_guarded` is a task's."""
+        if self._armed.get(timer) is not entry:
+            return
+        del self._armed[timer]
         try:
-            while self._deadlines:
-                timer, deadline = min(self._deadlines.items(), key=lambda item: item[1])
-                self._timer_wakeup = trio.Event()
-                with trio.move_on_at(deadline) as waiting:
-                    await self._timer_wakeup.wait()
-                if not waiting.cancelled_caught:
-                    continue  # armed or cancelled meanwhile: look again
-                if self._deadlines.get(timer) == deadline:
-                    del self._deadlines[timer]
-                    self.feed(TIMER_EVENTS[timer]())
-        finally:
-            self._timer_running = False
-            self._timer_wakeup = None
+            self.feed(TIMER_EVENTS[timer]())
+        except Exception as err:
+            log.exception("%s: timer failed", self.label)
+            self.feed(Faulted(f"timer: {_describe(err)}"))
 
     # -- health checks (liveness) ----------------------------------------------------------------------------
 

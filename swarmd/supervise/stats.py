@@ -25,7 +25,7 @@ from swarmd.supervise.lifecycle import Event, Exited, Lifecycle, Spawned, State
 READY_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
-@dataclass
+@dataclass(slots=True)
 class Histogram:
     """A fixed-bucket histogram as Prometheus keeps one: a count per upper bound (not cumulative here),
     the count above the last bound, and the sum of every observation."""
@@ -62,7 +62,7 @@ def cumulative(counts: Sequence[int], bounds: Sequence[float] = READY_BUCKETS) -
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class BackendStats:
     """What one backend's shell counts for the metrics. Owned by `BackendShell` (`shell.stats`).
 

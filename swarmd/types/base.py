@@ -13,6 +13,7 @@ import functools
 import re
 import shlex
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ class LaunchFailed(Exception):
     at once, never retried in a loop. `str(err)` is the status message."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LaunchSpec:
     """Everything needed to start one process of a backend, placeholders already filled in."""
 
@@ -130,7 +131,7 @@ class BackendType:
             "is_standard": self.is_standard,
         }
 
-    def max_usages(self, settings: dict[str, Any]) -> int:
+    def max_usages(self, settings: Mapping[str, Any]) -> int:
         """SwarmUI's max_usages: 1 + OverQueue for the ComfyUI types, the `max_usages` setting otherwise."""
         if "OverQueue" in settings:
             return 1 + int(settings["OverQueue"])
@@ -138,19 +139,19 @@ class BackendType:
 
     # -- remote (not self-starting) types ----------------------------------------------------------
 
-    def health_url(self, settings: dict[str, Any]) -> str:
+    def health_url(self, settings: Mapping[str, Any]) -> str:
         """For a remote type: the URL whose 2xx answer means the backend is up."""
         raise NotImplementedError
 
-    def free_url(self, settings: dict[str, Any]) -> str:
+    def free_url(self, settings: Mapping[str, Any]) -> str:
         """For a remote type: where FreeBackendMemory POSTs (empty: not supported)."""
         return ""
 
-    def requested_port(self, settings: dict[str, Any]) -> int:
+    def requested_port(self, settings: Mapping[str, Any]) -> int:
         """The fixed port to use, or 0 to pick a free one at each start."""
         return int(settings.get("port", 0))
 
-    def lifecycle_config(self, settings: dict[str, Any]) -> LifecycleConfig:
+    def lifecycle_config(self, settings: Mapping[str, Any]) -> LifecycleConfig:
         """What the backend's lifecycle needs of its settings: the restart policy and the timeouts (a
         remote type overrides this)."""
         return LifecycleConfig(
@@ -170,11 +171,11 @@ class BackendType:
         """The JSON body POSTed to an http:// free-memory hook."""
         return {"system_ram": system_ram}
 
-    def launch(self, settings: dict[str, Any], port: int) -> LaunchSpec:
+    def launch(self, settings: Mapping[str, Any], port: int) -> LaunchSpec:
         """Build the LaunchSpec for one start. Raises LaunchRefused when nothing can be started."""
         raise NotImplementedError
 
-    def launch_spec(self, settings: dict[str, Any], port: int) -> LaunchSpec:
+    def launch_spec(self, settings: Mapping[str, Any], port: int) -> LaunchSpec:
         """`launch`, plus who it runs as and its limits (`account_settings`), common to every type."""
         spec = self.launch(settings, port)
         return dataclasses.replace(spec, user=settings.get("user", ""), group=settings.get("group", ""),
@@ -432,7 +433,7 @@ def health_settings(*, default: str = "none") -> tuple[SettingSpec, ...]:
     )
 
 
-def health_config(settings: dict[str, Any], *, checked: bool, interval: float | None = None) -> dict[str, Any]:
+def health_config(settings: Mapping[str, Any], *, checked: bool, interval: float | None = None) -> dict[str, Any]:
     """The LifecycleConfig fields of the health settings (`checked`: whether probes apply at all)."""
     return {"health_checks": checked,
             "health_interval": settings["health_interval"] if interval is None else interval,

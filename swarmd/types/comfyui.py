@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import os
 import shlex
+from collections.abc import Mapping
 from typing import Any
 
 from swarmd.httpclient import BadUrl, parse_url
@@ -235,14 +236,14 @@ class ComfyUISelfStart(BackendType):
         *account_settings(),
     )
 
-    def lifecycle_config(self, settings: dict[str, Any]) -> LifecycleConfig:
+    def lifecycle_config(self, settings: Mapping[str, Any]) -> LifecycleConfig:
         config = super().lifecycle_config(settings)
         return config if settings["AutoRestart"] else dataclasses.replace(config, restart="never")
 
     def free_body(self, system_ram: bool) -> dict[str, Any]:
         return {"unload_models": True, "free_memory": system_ram}
 
-    def arguments(self, settings: dict[str, Any], port: int) -> list[str]:
+    def arguments(self, settings: Mapping[str, Any], port: int) -> list[str]:
         """main.py's arguments: ExtraArgs, then (unless DisableInternalArgs) swarmd's internal ones
         (`--listen 127.0.0.1` unless ExtraArgs gives a --listen, and `--preview-method` from EnablePreviews
         unless ExtraArgs gives one), then `--port N`. (Validation refuses a --port in ExtraArgs; were one
@@ -255,7 +256,7 @@ class ComfyUISelfStart(BackendType):
                 args += ["--preview-method", PREVIEW_METHODS[settings["EnablePreviews"]]]
         return [*args, "--port", str(port)]
 
-    def launch(self, settings: dict[str, Any], port: int) -> LaunchSpec:
+    def launch(self, settings: Mapping[str, Any], port: int) -> LaunchSpec:
         script = settings["StartScript"].strip()
         if not script:
             raise LaunchRefused("No StartScript set: point it at ComfyUI's main.py to start it.")
@@ -317,17 +318,17 @@ class ComfyUIAPI(BackendType):
                     minimum=0, check=check_old_interval),
     )
 
-    def lifecycle_config(self, settings: dict[str, Any]) -> LifecycleConfig:
+    def lifecycle_config(self, settings: Mapping[str, Any]) -> LifecycleConfig:
         # Every check counts: a remote that stops answering health_failures times in a row is unreachable.
         return LifecycleConfig(remote=True, allow_idle=settings["AllowIdle"],
                                **health_config(settings, checked=True,
                                                interval=settings["check_interval"] or None))
 
-    def health_url(self, settings: dict[str, Any]) -> str:
+    def health_url(self, settings: Mapping[str, Any]) -> str:
         address = settings["Address"]
         return f"{address}/system_stats" if address else ""
 
-    def free_url(self, settings: dict[str, Any]) -> str:
+    def free_url(self, settings: Mapping[str, Any]) -> str:
         address = settings["Address"]
         return f"{address}/free" if address else ""
 

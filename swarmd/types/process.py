@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from typing import Any
 
 from swarmd.httpclient import BadUrl, parse_url
@@ -59,7 +60,7 @@ class ProcessType(BackendType):
                     "picked).", minimum=-(2**31)),
     )
 
-    def launch(self, settings: dict[str, Any], port: int) -> LaunchSpec:
+    def launch(self, settings: Mapping[str, Any], port: int) -> LaunchSpec:
         command = settings["command"]
         if not command.strip():
             raise LaunchRefused("No command set: edit the backend's 'command' setting to start it.")
