@@ -111,8 +111,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _startup_errors() -> tuple[type[BaseException], ...]:
-    """What the daemon raises when it cannot start (imported late: `swarmd check` needs no web server)."""
-    from swarmd.api.server import SocketInUse
+    """What the daemon raises when it cannot start (imported late: `swarmd check` needs no web server, and
+    the daemon imports it only once its backends are starting)."""
+    from swarmd.api import SocketInUse
     from swarmd.systemd import ActivationError
 
     return (FileInvalid, OSError, SocketInUse, ValueError, ActivationError)

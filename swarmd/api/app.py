@@ -212,7 +212,7 @@ def _is_json(mimetype: str) -> bool:
 
 def json_response(body: Mapping[str, Any] | Encoded, status: int) -> Response:
     if isinstance(body, Encoded):
-        text = str(body)
+        text = body.text
     else:
         text = json.dumps(body, ensure_ascii=False, allow_nan=False, default=_json_default)
     try:

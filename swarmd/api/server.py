@@ -40,6 +40,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, wrap_app
 
+from swarmd.api import SocketInUse
 from swarmd.api.access import DEFAULT_SOCKET_MODE, Access, AccessRule, PeerCred
 from swarmd.api.app import PEER_STATE_KEY, create_app
 from swarmd.api.routes import DaemonStatusHook, GpuInfoHook
@@ -62,10 +63,6 @@ GRACEFUL_TIMEOUT = 2.0
 #: the system's maximum -- a burst of clients connecting at once waits in the queue instead of getting
 #: EAGAIN (128 refused about half of 500 clients at once).
 LISTEN_BACKLOG = 65535
-
-
-class SocketInUse(RuntimeError):
-    """The socket path is taken: by a live daemon, or by something that is not a socket."""
 
 
 # -- peer credentials ---------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def caller(role: str) -> Caller:
 
 
 async def listing(ctx: ApiContext, role: str, full_data: bool = False) -> dict:
-    return json.loads(await list_backends(ctx, caller(role), {}, nonreal=False, full_data=full_data))
+    return json.loads((await list_backends(ctx, caller(role), {}, nonreal=False, full_data=full_data)).text)
 
 
 async def test_list_backends_masks_for_everyone_but_admins(make_fleet):
