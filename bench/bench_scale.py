@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from bench import procs
 from bench.report import Goal, Result
-from bench.session import Settings, guarded, log, running
+from bench.session import Settings, guarded, log, running, spawn_timeout
+from bench.stamps import StampLog, write_child
 from bench.systems import System
 
 NAME = "scale"
@@ -33,12 +38,45 @@ def run(settings: Settings) -> Result:
         "/proc/*/task/*/schedstat (ns); shutdown: SIGTERM of the daemon -> every child exited (pidfd)")
     plan = [(100, 1)] if settings.quick else [(100, 2), (1000, 3)]
     for count, reps in plan:
+        with guarded(result.notes, f"scale floor n={count}"):
+            floors = [_floor(settings, count) for _ in range(reps)]
+            result.notes.append(
+                f"spawn floor n={count}: a bare Python loop that Popens the same {count} children (no "
+                f"supervisor, no start-up) has the last one exec'd after {statistics.median(floors):.2f} s "
+                "(median): on 2 cores the children's own start-up competes with whoever spawns them")
         for cls in settings.systems:
             for rep in range(reps):
                 with guarded(result.notes, f"scale {cls.name} n={count} rep {rep}"):
                     _one(settings, result, cls, count, idle=(rep == 0), windows=windows, window_s=window_s,
                          settle_s=settle_s)
     return result
+
+
+def _floor(settings: Settings, count: int) -> float:
+    """Seconds from the first Popen of `count` benchmark children by a bare loop to the last one's exec
+    stamp: the least any supervisor written in Python could take on this machine."""
+    directory = Path(tempfile.mkdtemp(dir=settings.root, prefix="floor-"))
+    child = write_child(directory)
+    stamps = StampLog(directory / "stamps.fifo")
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        mark = stamps.mark()
+        labels = {f"c{i}" for i in range(count)}
+        start = time.time()
+        for label in sorted(labels):
+            children.append(subprocess.Popen([str(child), label, str(stamps.path)], stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                             start_new_session=True))
+        last = stamps.wait_all(labels, mark, spawn_timeout(count))
+        if last is None:
+            raise RuntimeError(f"bare loop: not all {count} children started in time")
+        return last - start
+    finally:
+        for popen in children:
+            popen.kill()
+        for popen in children:
+            popen.wait()
+        stamps.close()
 
 
 def _one(settings: Settings, result: Result, cls: type[System], count: int, *, idle: bool, windows: int,

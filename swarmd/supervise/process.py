@@ -228,7 +228,7 @@ def _stat_reader() -> Callable[[str, int], bytes | None]:
 _read_stat = _stat_reader()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Start:
     """One start of a backend as containment knows it, from just before its fork until it is swept."""
 
