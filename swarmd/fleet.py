@@ -81,7 +81,8 @@ class Backend:
     """One backend: its definition (owned by the Fleet), its shell (which owns its process and, through
     its lifecycle, its status) and its output ring (kept across restarts and edits)."""
 
-    __slots__ = ("definition", "type", "shell", "ring", "modcount", "last_free", "api_cache", "__weakref__")
+    __slots__ = ("definition", "type", "shell", "ring", "modcount", "last_free", "api_cache", "api_runtime",
+                 "__weakref__")
 
     def __init__(self, definition: BackendDef, backend_type: BackendType, shell: BackendShell,
                  ring: OutputRing) -> None:
@@ -92,6 +93,7 @@ class Backend:
         self.modcount = 0
         self.last_free: dict[str, Any] | None = None
         self.api_cache: Any = None  # swarmd.api.shape keeps the encoded part of its answer here
+        self.api_runtime: Any = None  # ... and its encoded runtime facts (full_data), with their key
 
     @property
     def id(self) -> int:
@@ -135,10 +137,7 @@ class Backend:
     def gpu_memory(self) -> int | None:
         """GPU memory held by its process group at the last refresh (bytes); None without NVML or process."""
         pid = self.pid
-        memory = gpu.group_memory()
-        if pid is None or memory is None:
-            return None
-        return memory.get(pid, 0)
+        return None if pid is None else gpu.memory_of(pid)
 
 
 class Fleet:

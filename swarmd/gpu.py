@@ -651,6 +651,29 @@ def group_memory() -> dict[int, int] | None:
     return dict(figures.groups) if figures is not None else {}
 
 
+def memory_of(pgid: int) -> int | None:
+    """`group_memory().get(pgid, 0)` without copying the table (ListBackends asks for every backend): None
+    when NVML is unavailable or the inventory is not loaded yet. Never calls NVML."""
+    inv = _inventory
+    if _snapshot is None or inv is None or not inv.available:
+        return None
+    figures = _figures
+    return figures.groups.get(pgid, 0) if figures is not None else 0
+
+
+_figures_key: tuple[object, ...] = (None, None, None)
+
+
+def figures_key() -> tuple[object, ...]:
+    """What `memory_of` answers from, as one object: the same one (compare with `is`) for as long as its
+    answers stay the same -- a refresh or a new inventory makes a new one."""
+    global _figures_key
+    key = _figures_key
+    if key[0] is not _inventory or key[1] is not _snapshot or key[2] is not _figures:
+        key = _figures_key = (_inventory, _snapshot, _figures)
+    return key
+
+
 def group_memory_by_gpu() -> dict[int, dict[str, int]] | None:
     """`group_memory` split by device: pgid -> {GPU (or MIG) UUID: bytes}, at the last refresh. None when
     NVML is unavailable or the inventory is not loaded yet; {} before the first refresh. Never calls NVML."""

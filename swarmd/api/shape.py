@@ -14,9 +14,11 @@ sent back as it was shown keeps what is stored (`swarmd.secrets` has both sides)
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import TYPE_CHECKING, Any
 
+from swarmd import gpu
 from swarmd.secrets import mask_setting
 from swarmd.settings import SECRET_MASK
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 #: One encoder for every backend object: json.dumps() with options builds a new encoder per call.
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+#: A status (one of a handful of names) as a JSON string.
+_quoted = functools.lru_cache(maxsize=64)(_encode)
 
 
 # -- the backend object ----------------------------------------------------------------------------------
@@ -110,4 +114,24 @@ def backend_json(backend: Backend, full_data: bool = False, *, masked: bool = Fa
 
 def backend_json_pieces(backend: Backend, full_data: bool = False, *, masked: bool = False) -> tuple[str, str, str]:
     """`backend_json()` in pieces, to be joined with others: the cached static part, a comma, the rest."""
-    return _static_json(backend, masked), ",", _encode(_dynamic(backend, full_data))[1:]
+    return _static_json(backend, masked), ",", _dynamic_json(backend, full_data)
+
+
+def _dynamic_json(backend: Backend, full_data: bool) -> str:
+    """`_dynamic`'s JSON without its opening brace. The full_data one is kept in `backend.api_runtime`
+    with the key it was made from -- the lifecycle's version (every field of the machine changes through
+    `handle`, which bumps it), the backend's modcount, its last free-memory answer, its pin and the GPU
+    figures (each replaced, never changed in place) -- and encoded again only when one of them changed: a
+    fleet at rest is encoded once, not at every poll (at 1000 backends that was half of a ListBackends)."""
+    if not full_data:  # {"status", "modcount"}: put together without the encoder
+        return f'"status":{_quoted(backend.status)},"modcount":{backend.modcount:d}}}'
+    machine = backend.lifecycle
+    version, modcount, last_free, pin, figures = (machine.version, backend.modcount, backend.last_free,
+                                                  backend.shell.pin, gpu.figures_key())
+    cached = backend.api_runtime  # (machine, version, modcount, last_free, pin, figures, text)
+    if (cached is not None and cached[0] is machine and cached[1] is version and cached[2] is modcount
+            and cached[3] is last_free and cached[4] is pin and cached[5] is figures):
+        return cached[6]
+    text = _encode(_dynamic(backend, True))[1:]
+    backend.api_runtime = (machine, version, modcount, last_free, pin, figures, text)
+    return text

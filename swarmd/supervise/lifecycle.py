@@ -422,6 +422,9 @@ class Lifecycle:
     #: The status the API shows (SwarmUI's names), kept current by `handle`: ListBackends of a thousand
     #: backends reads it a thousand times.
     status: str = "disabled"
+    #: Bumped by every `handle`: what is made of this machine's fields is good while it stays the same
+    #: (ListBackends keeps each backend's runtime part encoded, keyed on it).
+    version: int = 0
     _start_times: list[float] = field(default_factory=list)  # oldest first (a deque: 600 B per backend)
     _then: _Then | None = None
     _health_since: float = 0.0  # the machine's time of the last answer (or of becoming running)
@@ -460,6 +463,7 @@ class Lifecycle:
         effects: list[Effect] = []
         handler(event, now, effects)
         self.status = self._api_status()
+        self.version += 1
         return effects
 
     def _on_StartRequested(self, event: StartRequested, now: float, out: list[Effect]) -> None:

@@ -233,6 +233,39 @@ async def test_the_encoded_backend_object_equals_the_dict(make_fleet):
     assert json.loads(backend_json(fleet.get(0)))["settings"]["stop_timeout"] == 3.0
 
 
+async def test_the_encoded_runtime_facts_follow_every_change(make_fleet):
+    """full_data's runtime part is kept encoded per backend between polls: a crash, a restart, a
+    free-memory answer and a GPU refresh each show at the next poll."""
+    import json
+
+    from swarmd import gpu
+    from swarmd.api.shape import backend_json, backend_object
+
+    fleet = await make_fleet({0: {"settings": {"command": SLEEPER}}})
+    await running(fleet, 0)
+    backend = fleet.get(0)
+
+    def shown() -> dict:
+        answer = json.loads(backend_json(backend, True))
+        assert answer == json.loads(json.dumps(backend_object(backend, True)))  # what a fresh build gives
+        return answer
+
+    first = shown()
+    assert backend_json(backend, True) is not None and backend.api_runtime is not None
+    cached = backend.api_runtime[-1]
+    shown()
+    assert backend.api_runtime[-1] is cached  # nothing changed: the same text, not encoded again
+    os.kill(first["pid"], signal.SIGKILL)
+    await eventually(lambda: backend.pid not in (None, first["pid"]) and status(fleet, 0) == "running")
+    again = shown()
+    assert again["pid"] == backend.pid and again["restarts"] == first["restarts"] + 1
+    assert again["last_exit"] is not None
+    backend.last_free = {"time": 1.5, "system_ram": False, "ok": True, "error": None}
+    assert shown()["last_free"] == backend.last_free
+    # A GPU refresh gives new figures (tests/unit/test_gpu.py): the cache is keyed on them too.
+    assert backend.api_runtime[5] is gpu.figures_key()
+
+
 async def test_a_deleted_backend_is_freed_by_reference_counting_alone(make_fleet):
     """The daemon freezes its start-up heap (gc.freeze): a Backend that needed the cycle collector to be
     freed would leak once deleted. Nothing of a stopped backend may hold it in a cycle."""

@@ -207,8 +207,13 @@ async def test_memory_figures_refresh_in_a_thread_at_most_every_max_age(fake):
     fake.read_delay = 0.0
     fake.process_list = [ProcessUse(os.getpid(), A, 1 << 30)]
     assert gpu.group_memory() == {os.getpgid(os.getpid()): 6 << 30}  # the last read, until the next
+    key = gpu.figures_key()
+    assert key is gpu.figures_key()  # the same while nothing is read
     await gpu.refresh(max_age=0)
     assert gpu.group_memory() == {os.getpgid(os.getpid()): 1 << 30}
+    # What ListBackends reads per backend, without a copy of the table; a refresh gives a new key.
+    assert gpu.memory_of(os.getpgid(os.getpid())) == 1 << 30 and gpu.memory_of(1) == 0
+    assert key is not gpu.figures_key()
 
 
 async def test_auto_breaks_ties_by_the_refreshed_free_memory(fake):
