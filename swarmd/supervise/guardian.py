@@ -601,23 +601,11 @@ class Registry:
         record = data + b" " * (count * SLOT - len(data) - 1) + b"\n"
         free = self._free.get(count)
         if free:
-            first = free.pop()
-            try:
-                os.pwrite(self.fd, record, first * SLOT)
-            except OSError:
-                free.append(first)
-                raise
-            return first, count
+            return self._write_in(free, record), count
         longer = [length for length, runs in self._free.items() if length > count and runs]
         if longer:
             length = min(longer)
-            runs = self._free[length]
-            first = runs.pop()
-            try:
-                os.pwrite(self.fd, record, first * SLOT)
-            except OSError:
-                runs.append(first)
-                raise
+            first = self._write_in(self._free[length], record)
             self._free.setdefault(length - count, []).append(first + count)
             return first, count
         first = self.end
@@ -629,6 +617,17 @@ class Registry:
             self._free.setdefault(gap, []).append(first)
         self.end = first + gap + count
         return first + gap, count
+
+    def _write_in(self, runs: list[int], record: bytes) -> int:
+        """Write `record` at the last of the free `runs` (taken from them; given back if the write fails);
+        returns its first slot."""
+        first = runs.pop()
+        try:
+            os.pwrite(self.fd, record, first * SLOT)
+        except OSError:
+            runs.append(first)
+            raise
+        return first
 
 
 def main() -> None:
