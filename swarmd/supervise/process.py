@@ -758,6 +758,11 @@ class Child:
     def running(self) -> bool:
         return self.exit is None
 
+    @property
+    def pidfd(self) -> int:
+        """The leader's pidfd, until it is reaped (then closed)."""
+        return self._pidfd
+
     async def wait(self) -> ExitInfo:
         """Wait for the leader to exit, reap it and kill what is left of its group; the rest of its start
         (what escaped the group) is being killed by a sweep then (`contained()` waits for that). Returns
@@ -914,7 +919,15 @@ class ChildProcess:
         SubprocessError."""
         return cls(*spawn(spec, guardian), reader)
 
+    def on_exit(self, exited: Callable[[], None], cancelled: Callable[[], None]) -> None:
+        """Call `exited()` once the leader has exited -- from the daemon's reader: no task waits meanwhile --
+        or `cancelled()` if the reader is cancelled from outside first (`PipeReader.watch_exit`). Raises
+        OSError when the pidfd cannot be watched."""
+        self._reader.watch_exit(self.child.pidfd, exited, cancelled)
+
     def wait(self) -> Coroutine[Any, Any, ExitInfo]:
+        if self.child.exit is None:  # the reaper closes the pidfd: the reader must let go of it first
+            self._reader.forget_exit(self.child.pidfd)
         return self.child.wait()  # (its coroutine as is: no frame of ours waits on it, for each backend)
 
     async def contained(self) -> None:

@@ -8,8 +8,9 @@ is a deadline, a signal is a syscall. Events raised while effects run (a spawn t
 process without a readiness check that is ready at once) are queued and handled in order, never
 re-entrantly.
 
-Tasks run in the nursery the shell is given, and only while there is something to wait for: one task per
-live process (it pumps the output, waits for the exit through pidfd and reports it), one for the
+Tasks run in the nursery the shell is given, and only while there is something to wait for. A live process
+has none: the daemon's one reader (supervise/pipes.py) reads its output and watches its pidfd, and once it
+has exited one task reaps it, lets its pipes drain and reports the exit (`_run_process`). Then: one for the
 readiness check while loading, one for the health probes while running (when it has a health_check), one
 for a remote backend's health checks. Its timers are entries in the daemon's one `Timers` heap, fired by one
 task for every backend (supervise/timers.py). A backend at rest has no task at all.
@@ -114,6 +115,10 @@ class Process(Protocol):
 
     def signal_group(self, signum: int) -> None:
         """Send `signum` to its whole process group (nothing when it is gone)."""
+
+    def on_exit(self, exited: Callable[[], None], cancelled: Callable[[], None]) -> None:
+        """Call `exited()` once it has exited (from the event loop, by no task of the caller), or `cancelled()`
+        if the daemon stops at once first. Raises OSError when its exit cannot be watched."""
 
     def read_output(self, on_output: Callable[[str, str], None]) -> Output:
         """Start delivering its output, `on_output(stream, text)` once per chunk read (`text`: the chunk's
@@ -325,17 +330,40 @@ class BackendShell:
         self._process, self.spec = process, spec
         self._first_seq = self.ring.last_seq  # its output starts after this line
         self._matcher = None
-        self._nursery.start_soon(self._guarded, "process", self._run_process, process)
+        self._watch_process(process)
         self.feed(Spawned(process.pid, port))
 
-    async def _run_process(self, process: Process) -> None:
-        """Have the output of `process` read, wait for its exit, report it: the one task of a live process.
-        A cancelled run kills the group."""
-        exit_info: ExitInfo | None = None
-        output: Output | None = None
+    def _watch_process(self, process: Process) -> None:
+        """Have the output of `process` read and its exit awaited by the daemon's reader -- no task of this
+        shell while it runs -- and `_run_process` started once it has exited. If either cannot be watched,
+        that task starts at once with the error: it kills the group, and the error faults this backend."""
         try:
             output = process.read_output(self._on_output)
-            exit_info = await process.wait()
+        except Exception as err:
+            self._nursery.start_soon(self._guarded, "process", self._run_process, process, None, err)
+            return
+
+        def exited() -> None:
+            self._nursery.start_soon(self._guarded, "process", self._run_process, process, output, None)
+
+        def cancelled() -> None:  # the reader was cancelled (the daemon stops at once): never an orphan
+            output.release()
+            process.signal_group(signal.SIGKILL)
+
+        try:
+            process.on_exit(exited, cancelled)
+        except Exception as err:
+            self._nursery.start_soon(self._guarded, "process", self._run_process, process, output, err)
+
+    async def _run_process(self, process: Process, output: Output | None, failure: Exception | None) -> None:
+        """Reap `process`, which has exited (or could not be watched: `failure`), let its pipes deliver their
+        last lines, and report the exit. A cancelled or failed run kills the group."""
+        exit_info: ExitInfo | None = None
+        try:
+            if failure is not None:
+                raise failure
+            assert output is not None
+            exit_info = await process.wait()  # at once: it has exited
             # Give the pipes a moment to deliver the last lines, then stop reading (a grandchild that
             # escaped the group could hold them open forever).
             with trio.move_on_after(DRAIN_SECONDS):

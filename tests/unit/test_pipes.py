@@ -4,6 +4,8 @@ and PipeReader with real pipes: one task for every pipe, a failing owner is its 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import trio
 from hypothesis import given, settings
@@ -141,3 +143,56 @@ async def test_one_task_reads_every_pipe_and_a_failing_owner_fails_alone() -> No
         assert got["good"] == ["one\ntwo", "thr"] and good.error is None
         os.close(bad_w)
     assert not nursery.child_tasks  # no pipe left: the reader task ended
+
+
+def _sleeper(seconds: float) -> tuple[subprocess.Popen[bytes], int]:
+    """A real child that exits after `seconds`, and its pidfd."""
+    child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+    return child, os.pidfd_open(child.pid)
+
+
+async def test_the_reader_watches_exits_with_no_task_per_process_and_a_failing_owner_fails_alone() -> None:
+    done: list[str] = []
+    children = [_sleeper(0.2), _sleeper(0.4), _sleeper(600)]
+    try:
+        async with trio.open_nursery() as nursery:
+            reader = PipeReader(nursery)
+
+            def fails() -> None:
+                done.append("first")
+                raise RuntimeError("a bug of this backend's")
+
+            reader.watch_exit(children[0][1], fails, lambda: done.append("first cancelled"))
+            reader.watch_exit(children[1][1], lambda: done.append("second"), lambda: done.append("no"))
+            reader.watch_exit(children[2][1], lambda: done.append("no"), lambda: done.append("no"))
+            assert len(nursery.child_tasks) == 1  # one task waits for every exit
+            with trio.fail_after(10):
+                while len(done) < 2:
+                    await trio.sleep(0.01)
+            assert done == ["first", "second"]  # the first owner's failure stopped nothing
+            reader.forget_exit(children[2][1])  # (its owner reaps it itself)
+            with trio.fail_after(5):
+                while nursery.child_tasks:  # nothing left to watch: the task ends
+                    await trio.sleep(0.01)
+    finally:
+        for child, pidfd in children:
+            child.kill()
+            child.wait()
+            os.close(pidfd)
+
+
+async def test_a_reader_cancelled_from_outside_tells_every_owner_whose_process_lives() -> None:
+    told: list[str] = []
+    child, pidfd = _sleeper(600)
+    try:
+        async with trio.open_nursery() as nursery:
+            reader = PipeReader(nursery)
+            reader.watch_exit(pidfd, lambda: told.append("exited"), lambda: told.append("cancelled"))
+            await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()  # the daemon stops at once
+        assert told == ["cancelled"]  # its shell SIGKILLs the group then (never an orphan)
+        assert child.poll() is None  # (the reader itself kills nothing)
+    finally:
+        child.kill()
+        child.wait()
+        os.close(pidfd)

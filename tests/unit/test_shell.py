@@ -69,6 +69,19 @@ class FakeProcess:
     async def contained(self) -> None:
         pass
 
+    def on_exit(self, exited: Any, cancelled: Any) -> None:
+        """As the daemon's reader: `exited()` once it has exited, `cancelled()` if cancelled first (here a task
+        of the test's nursery waits, on its clock)."""
+        self.nursery.start_soon(self._watch_exit, exited, cancelled)
+
+    async def _watch_exit(self, exited: Any, cancelled: Any) -> None:
+        try:
+            await self.wait()
+        except trio.Cancelled:
+            cancelled()
+            raise
+        exited()
+
     def read_output(self, on_output: Any) -> FakeOutput:
         """Its `output` lines are delivered on time by a task of the test's nursery (as the daemon's pipe
         reader would), until it exits; its "pipes" close when it exits."""
