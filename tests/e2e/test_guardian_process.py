@@ -6,11 +6,13 @@ its death does (tests/e2e/test_escapes.py SIGKILLs real daemons)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,6 +39,17 @@ def spawned():
         if child.poll() is None:
             child.kill()
         child.wait()
+
+
+@contextlib.contextmanager
+def a_guardian() -> Iterator[process.Guardian]:
+    """A started daemon-side Guardian, closed after the test (a clean shutdown: it then kills what is left)."""
+    guardian = process.Guardian()
+    guardian.start()
+    try:
+        yield guardian
+    finally:
+        guardian.close()
 
 
 def start_of(guardian: process.Guardian, number: int, spawn) -> subprocess.Popen:
@@ -67,9 +80,7 @@ def killed(child: subprocess.Popen) -> None:
 
 
 def test_a_shell_waits_and_the_guardian_it_becomes_kills_what_is_registered(spawned):
-    guardian = process.Guardian()
-    guardian.start()
-    try:
+    with a_guardian() as guardian:
         pid = guardian.pid
         assert exe(pid) == os.path.realpath(process.GUARDIAN_SHELL)
         leader = start_of(guardian, 1, spawned)
@@ -87,28 +98,20 @@ def test_a_shell_waits_and_the_guardian_it_becomes_kills_what_is_registered(spaw
         killed(escaped)
         assert guardian._proc.wait(timeout=15) == 0 and guardian._proc.pid == pid  # (the same process)
         assert stranger.poll() is None
-    finally:
-        guardian.close()
 
 
 def test_an_unregistered_start_is_left_alone(spawned):
-    guardian = process.Guardian()
-    guardian.start()
-    try:
+    with a_guardian() as guardian:
         leader = start_of(guardian, 1, spawned)
         guardian.unregister(leader.pid)
         the_daemon_dies(guardian)
         assert guardian._proc.wait(timeout=15) == 0
         assert leader.poll() is None
-    finally:
-        guardian.close()
 
 
 def test_without_a_shell_python_waits_and_does_the_same(spawned, monkeypatch):
     monkeypatch.setattr(process, "GUARDIAN_SHELL", "/nonexistent/sh")
-    guardian = process.Guardian()
-    guardian.start()
-    try:
+    with a_guardian() as guardian:
         assert exe(guardian.pid) == os.path.realpath(sys.executable)
         leader = start_of(guardian, 1, spawned)
         time.sleep(0.2)
@@ -116,14 +119,10 @@ def test_without_a_shell_python_waits_and_does_the_same(spawned, monkeypatch):
         the_daemon_dies(guardian)
         killed(leader)
         assert guardian._proc.wait(timeout=15) == 0
-    finally:
-        guardian.close()
 
 
 def test_a_killed_guardian_is_replaced_at_the_next_register_and_knows_every_start(spawned):
-    guardian = process.Guardian()
-    guardian.start()
-    try:
+    with a_guardian() as guardian:
         first = start_of(guardian, 1, spawned)
         old = guardian.pid
         os.kill(old, signal.SIGKILL)
@@ -134,5 +133,3 @@ def test_a_killed_guardian_is_replaced_at_the_next_register_and_knows_every_star
         the_daemon_dies(guardian)
         killed(first)
         killed(second)
-    finally:
-        guardian.close()
