@@ -79,9 +79,13 @@ async def test_xid_79_on_gpu_1_marks_its_backends_and_auto_places_on_gpu_0(two_g
     fleet = await make_fleet({
         0: {"settings": {"command": "sleep 600", "gpu_id": "1"}},  # pinned to GPU 1 by hand
         1: {"settings": {"command": "sleep 600", "gpu_id": "0"}},
-        2: {"settings": {"command": "sleep 600", "gpu_id": "auto"}},  # GPU 1: as few backends, more memory
     })
-    pids = {i: await running(fleet, i) for i in range(3)}
+    pids = {i: await running(fleet, i) for i in range(2)}
+    # Added once those two run (started together, trio's random order could place it before either):
+    # GPU 1, as many backends as GPU 0 and more free memory.
+    auto = await fleet.add("process", settings={"command": "sleep 600", "gpu_id": "auto"})
+    assert auto.id == 2
+    pids[2] = await running(fleet, 2)
     assert [fleet.get(i).shell.pin.visible for i in range(3)] == [B, A, B]
 
     two_gpus.inject(HealthEvent(A, xid=13))  # an application's error on GPU 0: nothing changes
