@@ -190,7 +190,6 @@ class StderrWriter:
                 time.sleep(COALESCE_SECONDS)
             with self._lock:
                 batch, self._queue = self._queue, collections.deque()
-                self._writing = True
                 if self._dropped and self._broken is None:
                     batch.append(self._dropped)  # dropped after the last queued text: the notice goes last
                     self._dropped = 0

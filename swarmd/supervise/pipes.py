@@ -179,10 +179,16 @@ class PipeReader:
 
     def forget_exit(self, pidfd: int) -> None:
         """Stop watching `pidfd` (nothing when it is not watched)."""
-        if self._exits.pop(pidfd, None) is not None:
+        if self._take_exit(pidfd) is not None:
+            self._end_task_if_idle()
+
+    def _take_exit(self, pidfd: int) -> tuple[Callable[[], None], Callable[[], None]] | None:
+        """Unregister `pidfd`; its (exited, cancelled), or None when it was not watched."""
+        watched = self._exits.pop(pidfd, None)
+        if watched is not None:
             assert self._epoll is not None
             self._epoll.unregister(pidfd)
-            self._end_task_if_idle()
+        return watched
 
     def watch(self, pipes: Sequence[tuple[int, str]], on_output: OnOutput) -> PipeGroup:
         """Start reading `pipes` ((fd, stream name) each; made non-blocking here), delivering to
@@ -239,14 +245,10 @@ class PipeReader:
 
     def _cancelled(self) -> None:
         """The task was cancelled from outside: tell every watched process's owner, and forget them."""
-        exits, self._exits = self._exits, {}
-        for pidfd, (_, cancelled) in exits.items():
-            assert self._epoll is not None
-            self._epoll.unregister(pidfd)
-            try:
-                cancelled()
-            except Exception:
-                log.exception("the cancellation of a process's exit watch failed")
+        for pidfd in list(self._exits):
+            watched = self._take_exit(pidfd)
+            assert watched is not None
+            _call(watched[1], "the cancellation of a process's exit watch failed")
 
     def _read_ready(self, events: list[tuple[int, int]]) -> None:
         for fd, _events in events:
@@ -254,15 +256,10 @@ class PipeReader:
             if pipe is not None:
                 self._read(pipe)
                 continue
-            watched = self._exits.pop(fd, None)
+            watched = self._take_exit(fd)
             if watched is not None:
-                assert self._epoll is not None
-                self._epoll.unregister(fd)
                 self._end_task_if_idle()
-                try:
-                    watched[0]()
-                except Exception:  # the owner's fault, not the reader's (it serves every backend)
-                    log.exception("handling a process's exit failed")
+                _call(watched[0], "handling a process's exit failed")
 
     def _read(self, pipe: _Pipe) -> None:
         for _ in range(READS_PER_TURN):
@@ -314,3 +311,12 @@ class PipeReader:
                 self.release(group)
                 group._close()
             return False
+
+
+def _call(callback: Callable[[], None], failure: str) -> None:
+    """Call an owner's callback; its failure is the owner's, logged, never the reader's (which serves every
+    backend)."""
+    try:
+        callback()
+    except Exception:
+        log.exception(failure)
