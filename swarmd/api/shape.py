@@ -37,21 +37,22 @@ _quoted = functools.lru_cache(maxsize=64)(_encode)
 
 def _static_json(backend: Backend, masked: bool) -> str:
     """The JSON of the fields that follow from the definition, without the closing brace, in the plain or
-    the masked view. Kept in `backend.api_cache` as (definition, {masked: json}): each view is encoded once
-    per definition, and one text serves both views when there is nothing to mask. Only the text is kept
-    (the fields are rebuilt for the rare single-backend answer): at 1000 backends the fields' dicts would
-    hold 1.4 MB more for as long as the daemon runs."""
-    cached: tuple[BackendDef, dict[bool, str]] | None = backend.api_cache
+    the masked view. Kept in `backend.api_cache` as (definition, plain json, masked json), each None until
+    asked: each view is encoded once per definition, and one text serves both views when there is nothing
+    to mask. Only the text is kept, in one tuple (the fields are rebuilt for the rare single-backend
+    answer): at 1000 backends the fields' dicts would hold 1.4 MB more for as long as the daemon runs."""
+    cached: tuple[BackendDef, str | None, str | None] | None = backend.api_cache
     if cached is None or cached[0] is not backend.definition:
-        cached = (backend.definition, {})
-        backend.api_cache = cached
-    views = cached[1]
-    text = views.get(masked)
+        cached = (backend.definition, None, None)
+    text = cached[2 if masked else 1]
     if text is None:
         fields, unmasked = _static_fields(backend, masked)
-        text = views[masked] = _encode(fields)[:-1]
+        text = _encode(fields)[:-1]
         if unmasked:
-            views[not masked] = text
+            cached = (cached[0], text, text)
+        else:
+            cached = (cached[0], cached[1], text) if masked else (cached[0], text, cached[2])
+        backend.api_cache = cached
     return text
 
 

@@ -87,7 +87,7 @@ def reparse(path: str, data: bytes, previous: BackendsFile | None,
                 for backend_id, _, _ in entries}
     if any(a[0] > b[0] for a, b in zip(entries, entries[1:], strict=False)):  # file order is not id order
         backends = dict(sorted(backends.items()))
-    return BackendsFile(path, text, data, MappingProxyType(backends), index)
+    return BackendsFile(path, text, MappingProxyType(backends), index)
 
 
 def _split(text: str, entries: tuple[tuple[int, int, int], ...], previous: BackendsFile | None

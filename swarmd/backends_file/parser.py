@@ -82,12 +82,12 @@ def _parse(path: str, data: bytes | str, types: Mapping[str, BackendType]) -> tu
     if plain is not _INVALID:
         backends, order, problems = _validate(path, plain, types, answers)
         if not problems:
-            return BackendsFile(path, text, raw, MappingProxyType(backends)), order
+            return BackendsFile(path, text, MappingProxyType(backends)), order
     doc, _ = _load_doc(path, text)
     backends, order, problems = _validate(path, doc, types, answers)
     if problems:
         raise FileInvalid(problems)
-    return BackendsFile(path, text, raw, MappingProxyType(backends)), order
+    return BackendsFile(path, text, MappingProxyType(backends)), order
 
 
 def _line_col(text: str, offset: int) -> tuple[int, int]:

@@ -101,7 +101,7 @@ class BackendsStore:
                 if text == base.text:
                     return base, b""
                 data = _encode(self.path, text)
-                return BackendsFile(self.path, text, data, MappingProxyType(backends), index), data
+                return BackendsFile(self.path, text, MappingProxyType(backends), index), data
         return self._apply_slow(base, changes)
 
     def _apply_slow(self, base: BackendsFile, changes: list[Change]) -> tuple[BackendsFile, bytes]:
