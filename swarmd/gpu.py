@@ -460,6 +460,10 @@ class Pin:
         return shown
 
 
+#: The pin of every start that names no GPU (frozen: one for all).
+UNPINNED = Pin()
+
+
 def _split(gpu_id: str) -> list[str]:
     return [part.strip() for part in str(gpu_id).split(",")]
 
@@ -492,7 +496,7 @@ def resolve(gpu_id: str) -> Pin:
     """Resolve an explicit pin (not `auto`) against the snapshot (no NVML call). Raises PinError."""
     text = check_syntax(gpu_id)
     if text == "":
-        return Pin()
+        return UNPINNED
     if text == "auto":
         raise PinError("auto is placed at start, not resolved")
     if not inventory().available:

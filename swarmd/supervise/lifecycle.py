@@ -163,6 +163,21 @@ class LifecycleConfig:
     health_failures: int = 3  # consecutive failed probes that stop a process (a remote: unreachable)
 
 
+_SHARED_CONFIGS: dict[LifecycleConfig, LifecycleConfig] = {}
+_MAX_SHARED_CONFIGS = 1024
+
+
+def shared_config(config: LifecycleConfig) -> LifecycleConfig:
+    """`config`, or an equal one already in use: backends mostly share a policy, so they share one frozen
+    object (bounded: past 1024 distinct configs, each new one is kept by its backend alone)."""
+    known = _SHARED_CONFIGS.get(config)
+    if known is not None:
+        return known
+    if len(_SHARED_CONFIGS) < _MAX_SHARED_CONFIGS:
+        _SHARED_CONFIGS[config] = config
+    return config
+
+
 # -- events (what happened) -----------------------------------------------------------------------------------
 
 

@@ -78,7 +78,7 @@ import trio
 
 from swarmd import accounts, cgroups
 from swarmd.supervise import guardian as core
-from swarmd.supervise.pipes import OnOutput, PipeGroup, PipeReader
+from swarmd.supervise.pipes import ExitWatcher, OnOutput, PipeGroup, PipeReader
 from swarmd.types import LaunchSpec
 
 log = logging.getLogger("swarmd.process")
@@ -919,11 +919,11 @@ class ChildProcess:
         SubprocessError."""
         return cls(*spawn(spec, guardian), reader)
 
-    def on_exit(self, exited: Callable[[], None], cancelled: Callable[[], None]) -> None:
-        """Call `exited()` once the leader has exited -- from the daemon's reader: no task waits meanwhile --
-        or `cancelled()` if the reader is cancelled from outside first (`PipeReader.watch_exit`). Raises
-        OSError when the pidfd cannot be watched."""
-        self._reader.watch_exit(self.child.pidfd, exited, cancelled)
+    def on_exit(self, watcher: ExitWatcher) -> None:
+        """Call `watcher.exited()` once the leader has exited -- from the daemon's reader: no task waits
+        meanwhile -- or `watcher.cancelled()` if the reader is cancelled from outside first
+        (`PipeReader.watch_exit`). Raises OSError when the pidfd cannot be watched."""
+        self._reader.watch_exit(self.child.pidfd, watcher)
 
     def wait(self) -> Coroutine[Any, Any, ExitInfo]:
         if self.child.exit is None:  # the reaper closes the pidfd: the reader must let go of it first

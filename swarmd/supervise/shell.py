@@ -74,8 +74,10 @@ from swarmd.supervise.lifecycle import (
     Timer,
     WatchHealth,
     WatchReady,
+    shared_config,
 )
 from swarmd.supervise.output import LogLine, OutputRing
+from swarmd.supervise.pipes import ExitWatcher
 from swarmd.supervise.probes import backend_owns, probe_once, wait_ready
 from swarmd.supervise.process import ExitInfo, describe_spawn_error
 from swarmd.supervise.stats import BackendStats
@@ -88,7 +90,9 @@ TAIL_LINES = 20  # lines of output logged with an unexpected exit
 TELLING_LINES = 200  # the newest lines of a process's output searched for its telling line
 DRAIN_SECONDS = 0.5  # after the leader exits, how long its output pipes may still deliver
 CLEANUP_SECONDS = 2.0  # a cancelled shell waits this long for its SIGKILLed process
-_NO_PIN = Pin()  # every shell's pin until its first pinned start (frozen: one for all)
+#: Where each timer's entry is in a shell's `_armed` (a list of four: a dict per shell costs twice that).
+_TIMER_SLOTS: dict[Timer, int] = {timer: slot for slot, timer in enumerate(Timer)}
+_NO_PIN = gpu.UNPINNED  # every shell's pin until its first pinned start
 
 
 class Output(Protocol):
@@ -116,9 +120,10 @@ class Process(Protocol):
     def signal_group(self, signum: int) -> None:
         """Send `signum` to its whole process group (nothing when it is gone)."""
 
-    def on_exit(self, exited: Callable[[], None], cancelled: Callable[[], None]) -> None:
-        """Call `exited()` once it has exited (from the event loop, by no task of the caller), or `cancelled()`
-        if the daemon stops at once first. Raises OSError when its exit cannot be watched."""
+    def on_exit(self, watcher: ExitWatcher) -> None:
+        """Call `watcher.exited()` once it has exited (from the event loop, by no task of the caller), or
+        `watcher.cancelled()` if the daemon stops at once first. Raises OSError when its exit cannot be
+        watched."""
 
     def read_output(self, on_output: Callable[[str, str], None]) -> Output:
         """Start delivering its output, `on_output(stream, text)` once per chunk read (`text`: the chunk's
@@ -135,6 +140,24 @@ def pick_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class _ExitWatch:
+    """What the daemon's reader calls when a running process of `shell` exits (`ExitWatcher`): one small
+    object per start."""
+
+    __slots__ = ("_shell", "_process", "_output")
+
+    def __init__(self, shell: BackendShell, process: Process, output: Output) -> None:
+        self._shell, self._process, self._output = shell, process, output
+
+    def exited(self) -> None:
+        shell = self._shell
+        shell._nursery.start_soon(shell._guarded, "process", shell._run_process, self._process, self._output, None)
+
+    def cancelled(self) -> None:  # the reader was cancelled (the daemon stops at once): never an orphan
+        self._output.release()
+        self._process.signal_group(signal.SIGKILL)
 
 
 class BackendShell:
@@ -162,7 +185,7 @@ class BackendShell:
         self.type = backend_type
         self.settings = settings
         self.ring = ring
-        self.machine = Lifecycle(config=backend_type.lifecycle_config(settings))
+        self.machine = Lifecycle(config=shared_config(backend_type.lifecycle_config(settings)))
         self.stats = BackendStats()  # what the metrics count for this backend (supervise/stats.py)
         self.spec: LaunchSpec | None = None  # of the current (or last) process
         self.pin = _NO_PIN  # the GPUs of the current (or last) process
@@ -180,7 +203,7 @@ class BackendShell:
         self._feeding = False
         # Events are made when someone waits: a thousand backends at rest hold none.
         self._changed: trio.Event | None = None  # wait_for's
-        self._armed: dict[Timer, Entry] = {}  # each armed timer's entry in `_timers`
+        self._armed: list[Entry | None] = [None] * len(_TIMER_SLOTS)  # each armed timer's entry in `_timers`
         self._ready_scope: trio.CancelScope | None = None
         self._matcher: re.Pattern[str] | None = None  # a log: readiness check, while loading
         self._health_scope: trio.CancelScope | None = None  # the running health probes' (`_watch_health`)
@@ -237,7 +260,7 @@ class BackendShell:
         """Use `backend_type` and `settings` from the next start on; returns the new lifecycle config
         (feed it as `Reconfigured`)."""
         self.type, self.settings = backend_type, settings
-        return backend_type.lifecycle_config(settings)
+        return shared_config(backend_type.lifecycle_config(settings))
 
     async def wait_for(self, predicate: Callable[[Lifecycle], bool]) -> None:
         """Return once `predicate(lifecycle)` holds (checked after every change)."""
@@ -272,9 +295,7 @@ class BackendShell:
             case ArmTimer(timer=timer, seconds=seconds):
                 self._arm(timer, seconds)
             case CancelTimer(timer=timer):
-                entry = self._armed.pop(timer, None)
-                if entry is not None:
-                    self._timers.cancel(entry)
+                self._disarm(timer)
             case WatchHealth(on=on):
                 self._watch_health(on)
             case Monitor(on=on):
@@ -319,8 +340,9 @@ class BackendShell:
                 self.feed(SpawnFailed(f"cannot pin GPUs: {err}"))
                 return
             self.pin = pin
-            rocr = bool(settings.get(backend_type.rocr_setting))
-            spec = dataclasses.replace(spec, env={**spec.env, **pin.env(rocr)})
+            pinned_env = pin.env(bool(settings.get(backend_type.rocr_setting)))
+            if pinned_env:  # (a start without GPUs keeps the spec it has: nothing more to hold per backend)
+                spec = dataclasses.replace(spec, env={**spec.env, **pinned_env})
         try:
             process = self._spawner(spec)
         except (OSError, ValueError, SubprocessError) as err:
@@ -342,16 +364,8 @@ class BackendShell:
         except Exception as err:
             self._nursery.start_soon(self._guarded, "process", self._run_process, process, None, err)
             return
-
-        def exited() -> None:
-            self._nursery.start_soon(self._guarded, "process", self._run_process, process, output, None)
-
-        def cancelled() -> None:  # the reader was cancelled (the daemon stops at once): never an orphan
-            output.release()
-            process.signal_group(signal.SIGKILL)
-
         try:
-            process.on_exit(exited, cancelled)
+            process.on_exit(_ExitWatch(self, process, output))
         except Exception as err:
             self._nursery.start_soon(self._guarded, "process", self._run_process, process, output, err)
 
@@ -431,18 +445,24 @@ class BackendShell:
 
     def _arm(self, timer: Timer, seconds: float) -> None:
         """Have `timer` fire in `seconds` (armed again: the earlier deadline is forgotten)."""
-        entry = self._armed.pop(timer, None)
+        self._disarm(timer)
+        self._armed[_TIMER_SLOTS[timer]] = self._timers.arm(self, timer, trio.current_time() + seconds)
+
+    def _disarm(self, timer: Timer) -> None:
+        slot = _TIMER_SLOTS[timer]
+        entry = self._armed[slot]
         if entry is not None:
+            self._armed[slot] = None
             self._timers.cancel(entry)
-        self._armed[timer] = self._timers.arm(self, timer, trio.current_time() + seconds)
 
     def timer_due(self, timer: Timer, entry: Entry) -> None:
         """Called by `_timers` when `entry` is due: fire `timer`, if that entry is still the one armed (not
         cancelled nor armed again meanwhile). Whatever raises faults this backend: this is the timers'
         fault boundary, as `_guarded` is a task's."""
-        if self._armed.get(timer) is not entry:
+        slot = _TIMER_SLOTS[timer]
+        if self._armed[slot] is not entry:
             return
-        del self._armed[timer]
+        self._armed[slot] = None
         try:
             self.feed(TIMER_EVENTS[timer]())
         except Exception as err:

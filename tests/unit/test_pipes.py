@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import trio
 from hypothesis import given, settings
@@ -151,6 +152,13 @@ def _sleeper(seconds: float) -> tuple[subprocess.Popen[bytes], int]:
     return child, os.pidfd_open(child.pid)
 
 
+class _Watcher:
+    """An owner's `ExitWatcher`, from two callables."""
+
+    def __init__(self, exited: Callable[[], None], cancelled: Callable[[], None]) -> None:
+        self.exited, self.cancelled = exited, cancelled
+
+
 async def test_the_reader_watches_exits_with_no_task_per_process_and_a_failing_owner_fails_alone() -> None:
     done: list[str] = []
     children = [_sleeper(0.2), _sleeper(0.4), _sleeper(600)]
@@ -162,9 +170,9 @@ async def test_the_reader_watches_exits_with_no_task_per_process_and_a_failing_o
                 done.append("first")
                 raise RuntimeError("a bug of this backend's")
 
-            reader.watch_exit(children[0][1], fails, lambda: done.append("first cancelled"))
-            reader.watch_exit(children[1][1], lambda: done.append("second"), lambda: done.append("no"))
-            reader.watch_exit(children[2][1], lambda: done.append("no"), lambda: done.append("no"))
+            reader.watch_exit(children[0][1], _Watcher(fails, lambda: done.append("first cancelled")))
+            reader.watch_exit(children[1][1], _Watcher(lambda: done.append("second"), lambda: done.append("no")))
+            reader.watch_exit(children[2][1], _Watcher(lambda: done.append("no"), lambda: done.append("no")))
             assert len(nursery.child_tasks) == 1  # one task waits for every exit
             with trio.fail_after(10):
                 while len(done) < 2:
@@ -187,7 +195,7 @@ async def test_a_reader_cancelled_from_outside_tells_every_owner_whose_process_l
     try:
         async with trio.open_nursery() as nursery:
             reader = PipeReader(nursery)
-            reader.watch_exit(pidfd, lambda: told.append("exited"), lambda: told.append("cancelled"))
+            reader.watch_exit(pidfd, _Watcher(lambda: told.append("exited"), lambda: told.append("cancelled")))
             await trio.sleep(0.05)
             nursery.cancel_scope.cancel()  # the daemon stops at once
         assert told == ["cancelled"]  # its shell SIGKILLs the group then (never an orphan)

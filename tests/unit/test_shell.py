@@ -69,18 +69,18 @@ class FakeProcess:
     async def contained(self) -> None:
         pass
 
-    def on_exit(self, exited: Any, cancelled: Any) -> None:
-        """As the daemon's reader: `exited()` once it has exited, `cancelled()` if cancelled first (here a task
-        of the test's nursery waits, on its clock)."""
-        self.nursery.start_soon(self._watch_exit, exited, cancelled)
+    def on_exit(self, watcher: Any) -> None:
+        """As the daemon's reader: `watcher.exited()` once it has exited, `watcher.cancelled()` if cancelled
+        first (here a task of the test's nursery waits, on its clock)."""
+        self.nursery.start_soon(self._watch_exit, watcher)
 
-    async def _watch_exit(self, exited: Any, cancelled: Any) -> None:
+    async def _watch_exit(self, watcher: Any) -> None:
         try:
             await self.wait()
         except trio.Cancelled:
-            cancelled()
+            watcher.cancelled()
             raise
-        exited()
+        watcher.exited()
 
     def read_output(self, on_output: Any) -> FakeOutput:
         """Its `output` lines are delivered on time by a task of the test's nursery (as the daemon's pipe
