@@ -1,3 +1,3 @@
-from swarmd.cli import main
+from swarmd.entry import main
 
 raise SystemExit(main())
