@@ -1,4 +1,4 @@
-"""Which commands `swarmd` runs again under -OO (swarmd/entry.py; the re-execution itself: e2e/test_entry.py)."""
+"""Which commands `swarmd` runs again under -OO (swarmd/entry.py; the re-execution itself: e2e/test_serve_reexec.py)."""
 
 from __future__ import annotations
 
