@@ -44,15 +44,16 @@ def _static_json(backend: Backend, masked: bool) -> str:
     cached: tuple[BackendDef, str | None, str | None] | None = backend.api_cache
     if cached is None or cached[0] is not backend.definition:
         cached = (backend.definition, None, None)
-    text = cached[2 if masked else 1]
+    definition, plain, shown = cached
+    text = shown if masked else plain
     if text is None:
         fields, unmasked = _static_fields(backend, masked)
         text = _encode(fields)[:-1]
-        if unmasked:
-            cached = (cached[0], text, text)
-        else:
-            cached = (cached[0], cached[1], text) if masked else (cached[0], text, cached[2])
-        backend.api_cache = cached
+        if unmasked or masked:
+            shown = text
+        if unmasked or not masked:
+            plain = text
+        backend.api_cache = (definition, plain, shown)
     return text
 
 

@@ -152,8 +152,7 @@ class _ExitWatch:
         self._shell, self._process, self._output = shell, process, output
 
     def exited(self) -> None:
-        shell = self._shell
-        shell._nursery.start_soon(shell._guarded, "process", shell._run_process, self._process, self._output, None)
+        self._shell._start_run(self._process, self._output, None)
 
     def cancelled(self) -> None:  # the reader was cancelled (the daemon stops at once): never an orphan
         self._output.release()
@@ -362,12 +361,16 @@ class BackendShell:
         try:
             output = process.read_output(self._on_output)
         except Exception as err:
-            self._nursery.start_soon(self._guarded, "process", self._run_process, process, None, err)
+            self._start_run(process, None, err)
             return
         try:
             process.on_exit(_ExitWatch(self, process, output))
         except Exception as err:
-            self._nursery.start_soon(self._guarded, "process", self._run_process, process, output, err)
+            self._start_run(process, output, err)
+
+    def _start_run(self, process: Process, output: Output | None, failure: Exception | None) -> None:
+        """Start `_run_process` for `process`: it has exited, or could not be watched (`failure`)."""
+        self._nursery.start_soon(self._guarded, "process", self._run_process, process, output, failure)
 
     async def _run_process(self, process: Process, output: Output | None, failure: Exception | None) -> None:
         """Reap `process`, which has exited (or could not be watched: `failure`), let its pipes deliver their
